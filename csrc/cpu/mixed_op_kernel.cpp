@@ -1,0 +1,104 @@
+// Weighted sum of candidate outputs on the CPU, forward and fused backward.
+// Skipped (None) candidates are never read. The backward reads the gradient once,
+// writes every candidate's gradient and accumulates the weight gradients in the same
+// pass; fixed-size chunks make the reduction order, and so the result, deterministic.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "../ops.h"
+
+namespace fastnas {
+namespace {
+
+constexpr int64_t kChunk = 16384;
+
+std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
+  std::vector<at::Tensor> result;
+  result.reserve(outputs.size());
+  for (const at::Tensor& out : outputs) result.push_back(out.contiguous());
+  return result;
+}
+
+at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
+                        at::IntArrayRef computed) {
+  check_mixed_op_args(outputs, weights, computed);
+  const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
+  check_cpu_dtype(inputs.front(), "outputs");
+  auto out = at::empty(inputs.front().sizes(), inputs.front().options());
+  const int64_t numel = out.numel();
+  if (numel == 0) return out;
+  const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "mixed_op_cpu", [&] {
+    std::vector<const scalar_t*> src;
+    std::vector<scalar_t> coef;
+    for (size_t j = 0; j < inputs.size(); ++j) {
+      src.push_back(inputs[j].data_ptr<scalar_t>());
+      coef.push_back(static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]));
+    }
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, numel, kChunk, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) dst[i] = coef[0] * src[0][i];
+      for (size_t j = 1; j < src.size(); ++j) {
+        const scalar_t c = coef[j];
+        const scalar_t* s = src[j];
+        for (int64_t i = begin; i < end; ++i) dst[i] += c * s[i];
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
+    const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
+    at::IntArrayRef computed, bool need_output_grads) {
+  check_mixed_op_args(outputs, weights, computed);
+  const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
+  const at::Tensor grad = grad_in.contiguous();
+  const int64_t numel = grad.numel();
+  const int64_t num_chunks = (numel + kChunk - 1) / kChunk;
+  const auto num_computed = static_cast<int64_t>(computed.size());
+  std::vector<at::Tensor> output_grads;
+  if (need_output_grads) {
+    for (size_t j = 0; j < computed.size(); ++j) output_grads.push_back(at::empty_like(grad));
+  }
+  auto partial = at::zeros({num_chunks, num_computed}, grad.options().dtype(at::kDouble));
+  const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "mixed_op_backward_cpu", [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    double* part = partial.data_ptr<double>();
+    at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        const int64_t begin = chunk * kChunk;
+        const int64_t end = std::min(numel, begin + kChunk);
+        for (int64_t j = 0; j < num_computed; ++j) {
+          const scalar_t* s = inputs[j].data_ptr<scalar_t>();
+          scalar_t dot = 0;
+          for (int64_t i = begin; i < end; ++i) dot += g[i] * s[i];
+          part[chunk * num_computed + j] = static_cast<double>(dot);
+          if (need_output_grads) {
+            const auto c = static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]);
+            scalar_t* d = output_grads[j].data_ptr<scalar_t>();
+            for (int64_t i = begin; i < end; ++i) d[i] = c * g[i];
+          }
+        }
+      }
+    });
+  });
+  // Skipped candidates were never computed, so their weights get a zero gradient.
+  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
+  grad_weights.index_copy_(0, at::tensor(computed.vec(), weights.options().dtype(at::kLong)),
+                           partial.sum(0).to(weights.scalar_type()));
+  return {output_grads, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
+  m.impl("mixed_op", &mixed_op_cpu);
+  m.impl("mixed_op_backward", &mixed_op_backward_cpu);
+}
+
+}  // namespace fastnas

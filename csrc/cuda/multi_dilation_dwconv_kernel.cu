@@ -1,0 +1,305 @@
+// Multi-dilation depthwise conv on CUDA: one launch for all dilation groups.
+// Forward and input gradient: one thread per element, consecutive threads on
+// consecutive columns (coalesced), the kernel size a template parameter so the tap
+// loops unroll. Weight gradient: a two-stage deterministic reduction.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../checks.h"
+#include "../index_math.h"
+#include "../ops.h"
+
+namespace fastnas {
+namespace {
+
+constexpr int kMaxDilations = 16;
+constexpr int kThreads = 256;
+
+struct Dims {
+  int64_t channels, height, width, out_height, out_width, channels_per_group, stride;
+};
+
+struct DilationTable {
+  int64_t values[kMaxDilations];
+};
+
+DilationTable make_dilation_table(at::IntArrayRef dilations) {
+  FASTNAS_CHECK(static_cast<int>(dilations.size()) <= kMaxDilations, "len(dilations)=",
+                dilations.size(), " exceeds the CUDA kernel's limit of ", kMaxDilations,
+                "; use at most ", kMaxDilations, " dilation groups");
+  DilationTable table{};
+  for (size_t i = 0; i < dilations.size(); ++i) table.values[i] = dilations[i];
+  return table;
+}
+
+int64_t grid_for(int64_t work) {
+  const int64_t max_blocks =
+      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
+}
+
+template <typename scalar_t, typename index_t, int K>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                               const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                               Dims d, DilationTable table, index_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t ow = idx % d.out_width;
+    index_t t = idx / d.out_width;
+    const index_t oh = t % d.out_height;
+    t /= d.out_height;
+    const index_t c = t % d.channels;
+    const int64_t dil = table.values[dilation_group_of(c, d.channels_per_group)];
+    const int64_t pad = same_padding(dil, K);
+    const scalar_t* plane = x + t * d.height * d.width;
+    const scalar_t* wc = w + c * K * K;
+    acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+      const int64_t ih = input_coord(oh, kh, d.stride, dil, pad);
+      if (ih < 0 || ih >= d.height) continue;
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        const int64_t iw = input_coord(ow, kw, d.stride, dil, pad);
+        if (iw < 0 || iw >= d.width) continue;
+        acc += static_cast<acc_t>(wc[kh * K + kw]) * static_cast<acc_t>(plane[ih * d.width + iw]);
+      }
+    }
+    out[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
+// Gather form: each input element sums the output taps that read it (no atomics).
+template <typename scalar_t, typename index_t, int K>
+__global__ void grad_input_kernel(const scalar_t* __restrict__ grad_out,
+                                  const scalar_t* __restrict__ w, scalar_t* __restrict__ grad_in,
+                                  Dims d, DilationTable table, index_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t iw = idx % d.width;
+    index_t t = idx / d.width;
+    const index_t ih = t % d.height;
+    t /= d.height;
+    const index_t c = t % d.channels;
+    const int64_t dil = table.values[dilation_group_of(c, d.channels_per_group)];
+    const int64_t pad = same_padding(dil, K);
+    const scalar_t* plane = grad_out + t * d.out_height * d.out_width;
+    const scalar_t* wc = w + c * K * K;
+    acc_t acc = 0;
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+      int64_t oh;
+      if (!output_coord_for_input(ih, kh, d.stride, dil, pad, d.out_height, &oh)) continue;
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        int64_t ow;
+        if (!output_coord_for_input(iw, kw, d.stride, dil, pad, d.out_width, &ow)) continue;
+        acc += static_cast<acc_t>(wc[kh * K + kw]) *
+               static_cast<acc_t>(plane[oh * d.out_width + ow]);
+      }
+    }
+    grad_in[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
+// Block (c, split) sums grad_out * input over its share of the N*Ho*Wo positions of
+// channel c for all K*K taps and writes partial[split][c][tap] (in the accumulation
+// type); summing the splits afterwards keeps the result deterministic.
+template <typename scalar_t, int K>
+__global__ void grad_weight_kernel(const scalar_t* __restrict__ grad_out,
+                                   const scalar_t* __restrict__ x,
+                                   at::opmath_type<scalar_t>* __restrict__ partial,
+                                   Dims d, DilationTable table, int64_t batch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c = blockIdx.x;
+  const int64_t split = blockIdx.y;
+  const int64_t splits = gridDim.y;
+  const int64_t dil = table.values[dilation_group_of(c, d.channels_per_group)];
+  const int64_t pad = same_padding(dil, K);
+  const int64_t positions = batch * d.out_height * d.out_width;
+  acc_t acc[K * K];
+#pragma unroll
+  for (int i = 0; i < K * K; ++i) acc[i] = 0;
+  for (int64_t p = split * blockDim.x + threadIdx.x; p < positions; p += splits * blockDim.x) {
+    const int64_t ow = p % d.out_width;
+    const int64_t oh = (p / d.out_width) % d.out_height;
+    const int64_t n = p / (d.out_width * d.out_height);
+    const int64_t plane_index = n * d.channels + c;
+    const acc_t g = static_cast<acc_t>(
+        grad_out[(plane_index * d.out_height + oh) * d.out_width + ow]);
+    const scalar_t* plane = x + plane_index * d.height * d.width;
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+      const int64_t ih = input_coord(oh, kh, d.stride, dil, pad);
+      if (ih < 0 || ih >= d.height) continue;
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        const int64_t iw = input_coord(ow, kw, d.stride, dil, pad);
+        if (iw < 0 || iw >= d.width) continue;
+        acc[kh * K + kw] += g * static_cast<acc_t>(plane[ih * d.width + iw]);
+      }
+    }
+  }
+  __shared__ acc_t warp_sums[kThreads / 32];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int tap = 0; tap < K * K; ++tap) {
+    acc_t v = acc[tap];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      acc_t total = 0;
+      for (int i = 0; i < kThreads / 32; ++i) total += warp_sums[i];
+      partial[(split * d.channels + c) * K * K + tap] = total;
+    }
+    __syncthreads();
+  }
+}
+
+// Turns the runtime kernel size into a template parameter.
+#define FASTNAS_DISPATCH_KERNEL_SIZE(k, ...)                                            \
+  [&] {                                                                                 \
+    switch (k) {                                                                        \
+      case 1: { constexpr int K = 1; return __VA_ARGS__(); }                            \
+      case 3: { constexpr int K = 3; return __VA_ARGS__(); }                            \
+      case 5: { constexpr int K = 5; return __VA_ARGS__(); }                            \
+      case 7: { constexpr int K = 7; return __VA_ARGS__(); }                            \
+      default:                                                                          \
+        FASTNAS_CHECK(false, "kernel size ", k,                                         \
+                      " is not supported on CUDA; use 1, 3, 5 or 7 (any odd size runs " \
+                      "on the CPU)");                                                   \
+    }                                                                                   \
+  }()
+
+Dims make_dims(int64_t channels, int64_t height, int64_t width, int64_t out_height,
+               int64_t out_width, size_t num_dilations, int64_t stride) {
+  return Dims{channels, height, width, out_height, out_width,
+              channels / static_cast<int64_t>(num_dilations), stride};
+}
+
+at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
+                        at::IntArrayRef dilations, const c10::optional<at::Tensor>& bias_in,
+                        int64_t stride) {
+  const auto out_size = check_multi_dilation_args(x_in, weight_in, dilations, stride);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_same_device_dtype(x_in, "x", *bias_in, "bias");
+    FASTNAS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == x_in.size(1),
+                  "bias must be shaped (C,) = (", x_in.size(1), ",), got ", bias_in->sizes());
+  }
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
+  auto out = at::empty({x.size(0), x.size(1), out_size.first, out_size.second}, x.options());
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  const Dims dims = make_dims(x.size(1), x.size(2), x.size(3), out_size.first, out_size.second,
+                              dilations.size(), stride);
+  const DilationTable table = make_dilation_table(dilations);
+  const bool wide = std::max(x.numel(), total) > std::numeric_limits<int32_t>::max();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "multi_dilation_dwconv2d_cuda", [&] {
+    FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
+      const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+      if (wide) {
+        forward_kernel<scalar_t, int64_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
+            dims, table, total);
+      } else {
+        forward_kernel<scalar_t, int32_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
+            dims, table, static_cast<int32_t>(total));
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weight_in,
+                           at::IntArrayRef dilations, int64_t stride,
+                           at::IntArrayRef input_size) {
+  FASTNAS_CHECK(input_size.size() == 4, "input_size must be (N, C, H, W), got ", input_size);
+  const c10::cuda::CUDAGuard guard(grad_out_in.device());
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  auto grad_in = at::empty(input_size, grad_out.options());
+  const int64_t total = grad_in.numel();
+  if (total == 0) return grad_in;
+  const Dims dims = make_dims(input_size[1], input_size[2], input_size[3], grad_out.size(2),
+                              grad_out.size(3), dilations.size(), stride);
+  const DilationTable table = make_dilation_table(dilations);
+  const bool wide = std::max(grad_out.numel(), total) > std::numeric_limits<int32_t>::max();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
+                                  "multi_dilation_dwconv2d_grad_input_cuda", [&] {
+    FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
+      if (wide) {
+        grad_input_kernel<scalar_t, int64_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+            grad_in.data_ptr<scalar_t>(), dims, table, total);
+      } else {
+        grad_input_kernel<scalar_t, int32_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+            grad_in.data_ptr<scalar_t>(), dims, table, static_cast<int32_t>(total));
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return grad_in;
+}
+
+at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                            at::IntArrayRef dilations, int64_t stride, int64_t kernel_size) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
+  const int64_t batch = x.size(0), channels = x.size(1);
+  const int64_t positions = batch * grad_out.size(2) * grad_out.size(3);
+  if (positions == 0) {
+    return at::zeros({channels, 1, kernel_size, kernel_size}, x.options());
+  }
+  // Enough splits to fill the device, each with at least a few positions per thread.
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t splits = std::max<int64_t>(
+      1, std::min<int64_t>((4 * sms + channels - 1) / channels, positions / (4 * kThreads)));
+  auto partial = at::empty({splits, channels, kernel_size * kernel_size},
+                           x.options().dtype(at::toOpMathType(x.scalar_type())));
+  const Dims dims = make_dims(channels, x.size(2), x.size(3), grad_out.size(2), grad_out.size(3),
+                              dilations.size(), stride);
+  const DilationTable table = make_dilation_table(dilations);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "multi_dilation_dwconv2d_grad_weight_cuda", [&] {
+    FASTNAS_DISPATCH_KERNEL_SIZE(kernel_size, [&] {
+      const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(splits));
+      grad_weight_kernel<scalar_t, K><<<grid, kThreads, 0, stream>>>(
+          grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+          partial.data_ptr<at::opmath_type<scalar_t>>(), dims,
+          table, batch);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return partial.sum(0).to(x.scalar_type()).view({channels, 1, kernel_size, kernel_size});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnas, CUDA, m) {
+  m.impl("multi_dilation_dwconv2d", &forward_cuda);
+  m.impl("multi_dilation_dwconv2d_grad_input", &grad_input_cuda);
+  m.impl("multi_dilation_dwconv2d_grad_weight", &grad_weight_cuda);
+}
+
+}  // namespace fastnas

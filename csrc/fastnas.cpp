@@ -1,0 +1,148 @@
+// The fastnas operator library: every schema in one TORCH_LIBRARY block, the
+// argument checks shared by all devices, and the build description.
+#include <Python.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <sstream>
+
+#include "checks.h"
+#include "ops.h"
+
+#ifndef FASTNAS_CUDA_ARCH_LIST
+#define FASTNAS_CUDA_ARCH_LIST ""
+#endif
+
+extern "C" {
+// Importing fastnas._C only loads the library, which registers the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace fastnas {
+
+std::pair<int64_t, int64_t> check_multi_dilation_args(const at::Tensor& x,
+                                                      const at::Tensor& weight,
+                                                      at::IntArrayRef dilations,
+                                                      int64_t stride) {
+  FASTNAS_CHECK_DIM(x, 4, "(N, C, H, W)");
+  FASTNAS_CHECK_DIM(weight, 4, "(C, 1, K, K)");
+  FASTNAS_CHECK_FLOATING(x);
+  check_same_device_dtype(x, "x", weight, "weight");
+  const int64_t channels = x.size(1);
+  const int64_t kernel_size = weight.size(2);
+  FASTNAS_CHECK(weight.size(0) == channels && weight.size(1) == 1 &&
+                    weight.size(3) == kernel_size,
+                "weight must be shaped (C, 1, K, K) = (", channels,
+                ", 1, K, K) for a depthwise conv over x with C=", channels, " channels, got ",
+                weight.sizes());
+  FASTNAS_CHECK(kernel_size % 2 == 1, "weight has an even kernel size K=", kernel_size,
+                "; 'same' padding d*(K-1)/2 needs an odd K such as 3 or 5");
+  FASTNAS_CHECK(!dilations.empty(), "dilations is empty; pass at least one dilation, e.g. (1,)");
+  for (const int64_t d : dilations) {
+    FASTNAS_CHECK(d >= 1, "dilations must all be >= 1, got ", dilations);
+  }
+  const auto num_groups = static_cast<int64_t>(dilations.size());
+  FASTNAS_CHECK(channels % num_groups == 0, "x has C=", channels,
+                " channels, which cannot be split into len(dilations)=", num_groups,
+                " equal groups; make C a multiple of ", num_groups);
+  FASTNAS_CHECK(stride >= 1, "stride must be >= 1, got ", stride);
+  FASTNAS_CHECK(x.size(2) >= 1 && x.size(3) >= 1, "x must have a non-empty spatial size, got ",
+                x.sizes());
+  // With same padding the output size does not depend on the dilation.
+  return {(x.size(2) - 1) / stride + 1, (x.size(3) - 1) / stride + 1};
+}
+
+void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
+                         at::IntArrayRef indices) {
+  FASTNAS_CHECK(weights.dim() == 1, "weights must be a 1-D tensor of K weights, got shape ",
+                weights.sizes());
+  FASTNAS_CHECK_FLOATING(weights);
+  FASTNAS_CHECK(!outputs.empty(), "no candidate output was computed; at least one is needed");
+  FASTNAS_CHECK(outputs.size() == indices.size(), "got ", outputs.size(), " outputs but ",
+                indices.size(), " indices; pass the candidate index of every computed output");
+  const int64_t num_weights = weights.size(0);
+  const at::Tensor& first = outputs.front();
+  FASTNAS_CHECK(at::isFloatingType(first.scalar_type()),
+                "outputs must be floating-point tensors, got ", first.scalar_type());
+  FASTNAS_CHECK(weights.device() == first.device(), "weights is on ", weights.device(),
+                " but the outputs are on ", first.device(),
+                "; move the weights to the outputs' device");
+  for (size_t j = 0; j < outputs.size(); ++j) {
+    const int64_t k = indices[j];
+    FASTNAS_CHECK(k >= 0 && k < num_weights && (j == 0 || k > indices[j - 1]),
+                  "indices must be increasing candidate positions in [0, ", num_weights,
+                  "), got ", indices);
+    FASTNAS_CHECK(outputs[j].sizes() == first.sizes(), "outputs[", k, "] has shape ",
+                  outputs[j].sizes(), " but outputs[", indices[0], "] has shape ",
+                  first.sizes(), "; every candidate must produce the same shape");
+    FASTNAS_CHECK(outputs[j].device() == first.device() &&
+                      outputs[j].scalar_type() == first.scalar_type(),
+                  "outputs[", k, "] is ", outputs[j].scalar_type(), " on ", outputs[j].device(),
+                  " but outputs[", indices[0], "] is ", first.scalar_type(), " on ",
+                  first.device(), "; every candidate must share dtype and device");
+  }
+  if (static_cast<int64_t>(indices.size()) != num_weights) {
+    // A skipped candidate is only exact when its weight is zero. Reading the
+    // weights costs a device sync, so it happens only when something was skipped.
+    const at::Tensor host_weights = weights.detach().to(at::kCPU, at::kDouble).contiguous();
+    const double* w = host_weights.data_ptr<double>();
+    size_t next = 0;
+    for (int64_t k = 0; k < num_weights; ++k) {
+      if (next < indices.size() && indices[next] == k) {
+        ++next;
+        continue;
+      }
+      FASTNAS_CHECK(w[k] == 0.0, "outputs[", k, "] is None but weights[", k, "] = ", w[k],
+                    "; only candidates with weight exactly 0 may be skipped, compute "
+                    "outputs[", k, "] or zero its weight");
+    }
+  }
+}
+
+std::string build_info() {
+  std::ostringstream json;
+  json << "{\"torch\": \"" << TORCH_VERSION << "\", \"cuda\": "
+#ifdef FASTNAS_WITH_CUDA
+       << "true"
+#else
+       << "false"
+#endif
+       << ", \"cuda_arch_list\": \"" << FASTNAS_CUDA_ARCH_LIST << "\"}";
+  return json.str();
+}
+
+}  // namespace fastnas
+
+TORCH_LIBRARY(fastnas, m) {
+  m.def("build_info() -> str", &fastnas::build_info);
+
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  m.def(
+      "shuffle_gconv1x1(Tensor x, Tensor weight, Tensor? bias, int groups, int shuffle_groups)"
+      " -> Tensor");
+  m.def(
+      "shuffle_gconv1x1_grad_input(Tensor grad_out, Tensor weight, int groups,"
+      " int shuffle_groups) -> Tensor");
+  m.def(
+      "shuffle_gconv1x1_grad_weight(Tensor grad_out, Tensor x, int groups,"
+      " int shuffle_groups) -> Tensor");
+
+  m.def(
+      "multi_dilation_dwconv2d(Tensor x, Tensor weight, int[] dilations, Tensor? bias,"
+      " int stride) -> Tensor");
+  m.def(
+      "multi_dilation_dwconv2d_grad_input(Tensor grad_out, Tensor weight, int[] dilations,"
+      " int stride, int[] input_size) -> Tensor");
+  m.def(
+      "multi_dilation_dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[] dilations,"
+      " int stride, int kernel_size) -> Tensor");
+
+  // outputs[j] is candidate indices[j]; candidates left out were never computed.
+  m.def("mixed_op(Tensor[] outputs, Tensor weights, int[] indices) -> Tensor");
+  m.def(
+      "mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"
+      " bool need_output_grads) -> (Tensor[], Tensor)");
+}

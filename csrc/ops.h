@@ -1,0 +1,23 @@
+// Input validation shared by the per-device kernels. Each device's kernels register
+// themselves with TORCH_LIBRARY_IMPL in their own file.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace fastnas {
+
+// ---- multi-dilation depthwise conv ----
+// Validates arguments shared by every device; returns the output spatial size.
+std::pair<int64_t, int64_t> check_multi_dilation_args(const at::Tensor& x,
+                                                      const at::Tensor& weight,
+                                                      at::IntArrayRef dilations, int64_t stride);
+
+// ---- mixed op ----
+// Validates the computed candidates (outputs[j] is candidate indices[j]) and weights;
+// every candidate left out must have weight exactly zero.
+void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
+                         at::IntArrayRef indices);
+
+}  // namespace fastnas

@@ -1,0 +1,17 @@
+"""fastnas: C++/CUDA-accelerated neural architecture search for lightweight CNNs."""
+
+from fastnas import _extension
+
+_BUILD_INFO = _extension.load()
+
+from fastnas import ops  # noqa: E402  (ops need the compiled library loaded)
+
+
+def build_info() -> dict:
+    """How the kernels were built: ``cuda`` (CUDA kernels compiled), ``cuda_arch_list``,
+    ``torch`` (the version built against)."""
+    return dict(_BUILD_INFO)
+
+
+__all__ = ["build_info", "ops"]
+__version__ = "0.1.0"

@@ -1,0 +1,349 @@
+"""fastnas.ops against the pure-PyTorch reference: forward, backward, gradcheck,
+opcheck, torch.compile, layouts, batch 0 and bad input, on every available device."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastnas
+from fastnas import ops
+from fastnas.ops import reference
+from conftest import assert_matches
+
+CUDA_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+CPU_DTYPES = [torch.float32, torch.float64]
+
+
+def dtypes_for(device):
+    return CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
+
+
+def _forward_backward(fn, inputs, grad_out_seed=1):
+    """Runs fn, backpropagates a fixed random gradient, returns (out, grads)."""
+    leaves = [t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
+    out = fn(*leaves)
+    generator = torch.Generator().manual_seed(grad_out_seed)
+    grad = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out)
+    out.backward(grad)
+    return out.detach(), [None if t is None or t.grad is None else t.grad for t in leaves]
+
+
+def _check_against_reference(fused, plain, inputs, dtype):
+    out, grads = _forward_backward(fused, inputs)
+    wide = [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+    ref_out, ref_grads = _forward_backward(plain, wide)
+    assert_matches(out, ref_out.to(dtype))
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert (grad is None) == (ref_grad is None)
+        if grad is not None:
+            assert_matches(grad, ref_grad.to(dtype))
+
+
+# ---- channel shuffle ----------------------------------------------------------------
+@pytest.mark.parametrize("groups", [1, 2, 3, 4])
+def test_channel_shuffle_matches_reference(device, groups):
+    x = torch.randn(2, 12, 5, 3, device=device, requires_grad=True)
+    out = ops.channel_shuffle(x, groups)
+    torch.testing.assert_close(out, reference.channel_shuffle(x, groups), rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, x, grad)
+    (g_ref,) = torch.autograd.grad(reference.channel_shuffle(x, groups), x, grad)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def test_channel_shuffle_known_permutation(device):
+    x = torch.arange(6.0, device=device).view(1, 6, 1, 1)
+    # groups=2: channels (0 1 2 | 3 4 5) interleave to 0 3 1 4 2 5
+    assert ops.channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+
+
+# ---- shuffle + grouped 1x1 conv ---------------------------------------------------
+SHUFFLE_CASES = [
+    # N, C_in, C_out, H, W, groups, shuffle_groups
+    (2, 8, 8, 5, 7, 2, 2),
+    (3, 12, 24, 4, 4, 3, 3),
+    (2, 16, 32, 3, 5, 4, 4),
+    (1, 16, 16, 7, 7, 8, 8),
+    (2, 12, 12, 3, 3, 3, 2),  # shuffle blocks straddle conv groups
+    (2, 8, 12, 2, 3, 4, 6),
+    (2, 6, 10, 3, 3, 1, 1),  # plain 1x1 conv
+    (2, 8, 8, 3, 3, 4, 1),  # grouped conv, no shuffle
+]
+
+
+@pytest.mark.parametrize("case", SHUFFLE_CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_shuffle_gconv1x1_matches_reference(device, case, with_bias):
+    n, cin, cout, h, w, groups, sg = case
+    for dtype in dtypes_for(device):
+        x = torch.randn(n, cin, h, w, device=device, dtype=dtype, requires_grad=True)
+        weight = torch.randn(cout, cin // groups, 1, 1, device=device, dtype=dtype, requires_grad=True)
+        bias = torch.randn(cout, device=device, dtype=dtype, requires_grad=True) if with_bias else None
+        _check_against_reference(
+            lambda a, b, c: ops.shuffle_gconv1x1(a, b, c, groups, sg),
+            lambda a, b, c: reference.shuffle_gconv1x1(a, b, c, groups, sg),
+            [x, weight, bias],
+            dtype,
+        )
+
+
+def test_shuffle_gconv1x1_channels_last_and_strided_input(device):
+    x = torch.randn(2, 16, 6, 6, device=device).to(memory_format=torch.channels_last)
+    weight = torch.randn(8, 4, 1, 1, device=device)
+    expected = reference.shuffle_gconv1x1(x, weight, None, 4, 4)
+    torch.testing.assert_close(ops.shuffle_gconv1x1(x, weight, None, 4), expected)
+    wide = torch.randn(2, 32, 6, 6, device=device)[:, ::2]
+    torch.testing.assert_close(
+        ops.shuffle_gconv1x1(wide, weight, None, 4), reference.shuffle_gconv1x1(wide, weight, None, 4)
+    )
+
+
+def test_shuffle_gconv1x1_batch_zero(device):
+    x = torch.randn(0, 8, 4, 4, device=device, requires_grad=True)
+    weight = torch.randn(8, 4, 1, 1, device=device, requires_grad=True)
+    out = ops.shuffle_gconv1x1(x, weight, None, 2)
+    assert out.shape == (0, 8, 4, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+# ---- multi-dilation depthwise conv -----------------------------------------------
+DWCONV_CASES = [
+    # N, C, H, W, K, dilations, stride
+    (2, 8, 9, 7, 3, (1, 2, 3, 4), 1),
+    (2, 8, 9, 7, 3, (1, 2, 3, 4), 2),
+    (1, 6, 11, 11, 5, (1, 2), 1),
+    (2, 6, 10, 13, 5, (2, 1, 3), 2),
+    (3, 4, 5, 5, 3, (1,), 1),
+    (1, 4, 3, 3, 3, (4, 4), 1),  # dilation wider than the image
+    (2, 4, 8, 8, 7, (1, 2), 3),
+    (1, 3, 6, 6, 1, (1, 2, 3), 2),
+]
+
+
+@pytest.mark.parametrize("case", DWCONV_CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_multi_dilation_dwconv2d_matches_reference(device, case, with_bias):
+    n, c, h, w, k, dilations, stride = case
+    for dtype in dtypes_for(device):
+        x = torch.randn(n, c, h, w, device=device, dtype=dtype, requires_grad=True)
+        weight = torch.randn(c, 1, k, k, device=device, dtype=dtype, requires_grad=True)
+        bias = torch.randn(c, device=device, dtype=dtype, requires_grad=True) if with_bias else None
+        _check_against_reference(
+            lambda a, b, bb: ops.multi_dilation_dwconv2d(a, b, dilations, bb, stride),
+            lambda a, b, bb: reference.multi_dilation_dwconv2d(a, b, dilations, bb, stride),
+            [x, weight, bias],
+            dtype,
+        )
+
+
+def test_multi_dilation_single_dilation_equals_depthwise_conv(device):
+    x = torch.randn(2, 6, 8, 8, device=device, dtype=torch.float64)
+    weight = torch.randn(6, 1, 3, 3, device=device, dtype=torch.float64)
+    expected = F.conv2d(x, weight, stride=2, padding=2, dilation=2, groups=6)
+    torch.testing.assert_close(ops.multi_dilation_dwconv2d(x, weight, (2,), stride=2), expected)
+
+
+def test_multi_dilation_channels_last_and_batch_zero(device):
+    x = torch.randn(2, 8, 7, 7, device=device).to(memory_format=torch.channels_last)
+    weight = torch.randn(8, 1, 3, 3, device=device)
+    torch.testing.assert_close(
+        ops.multi_dilation_dwconv2d(x, weight, (1, 2)), reference.multi_dilation_dwconv2d(x, weight, (1, 2))
+    )
+    empty = torch.randn(0, 8, 7, 7, device=device, requires_grad=True)
+    w = weight.clone().requires_grad_()
+    out = ops.multi_dilation_dwconv2d(empty, w, (1, 2), stride=2)
+    assert out.shape == (0, 8, 4, 4)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+# ---- mixed op ----------------------------------------------------------------------
+@pytest.mark.parametrize("present", [(True, True, True), (True, False, True), (False, False, True)])
+def test_mixed_op_matches_reference(device, present):
+    for dtype in dtypes_for(device):
+        outputs = [
+            torch.randn(2, 3, 5, 5, device=device, dtype=dtype, requires_grad=True) if p else None
+            for p in present
+        ]
+        weights = torch.rand(len(present), device=device, dtype=torch.float32)
+        weights = torch.where(torch.tensor(present, device=device), weights, torch.zeros_like(weights))
+        weights.requires_grad_()
+        leaves = [weights, *[o for o in outputs if o is not None]]
+
+        def fused(w, *computed, fn=ops.mixed_op):
+            it = iter(computed)
+            return fn([next(it) if p else None for p in present], w)
+
+        out, grads = _forward_backward(fused, leaves)
+        wide = [t.detach().double().requires_grad_() for t in leaves]
+        ref_out, ref_grads = _forward_backward(lambda *a: fused(*a, fn=reference.mixed_op), wide)
+        assert_matches(out, ref_out.to(dtype))
+        assert_matches(grads[0], ref_grads[0].float())
+        for grad, ref_grad in zip(grads[1:], ref_grads[1:]):
+            assert_matches(grad, ref_grad.to(dtype))
+
+
+def test_mixed_op_large_tensor_weight_gradient(device):
+    # Many chunks/blocks in the reduction.
+    outputs = [torch.randn(4, 16, 64, 64, device=device, dtype=torch.float64) for _ in range(3)]
+    weights = torch.rand(3, device=device, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, 16, 64, 64, device=device, dtype=torch.float64)
+    (g,) = torch.autograd.grad(ops.mixed_op(outputs, weights), weights, grad)
+    expected = torch.stack([(grad * o).sum() for o in outputs])
+    torch.testing.assert_close(g, expected)
+
+
+def test_mixed_op_module_runs_only_active_candidates(device):
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, index):
+            super().__init__()
+            self.index = index
+
+        def forward(self, x):
+            calls.append(self.index)
+            return x * (self.index + 1)
+
+    module = ops.MixedOp([Probe(i) for i in range(4)])
+    x = torch.randn(2, 3, device=device)
+    out = module(x, torch.tensor([0.0, 0.0, 1.0, 0.0], device=device))
+    assert calls == [2]
+    torch.testing.assert_close(out, 3 * x)
+
+
+# ---- gradcheck, opcheck, compile --------------------------------------------------
+def test_gradcheck_all_ops(device):
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 8, 5, 4, **kw)
+    w1 = torch.randn(12, 4, 1, 1, **kw)
+    b1 = torch.randn(12, **kw)
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.shuffle_gconv1x1(a, b, c, 2, 3), (x, w1, b1))
+    w2 = torch.randn(8, 1, 3, 3, **kw)
+    b2 = torch.randn(8, **kw)
+    for stride in (1, 2):
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: ops.multi_dilation_dwconv2d(a, b, (1, 3), c, stride), (x, w2, b2)
+        )
+    outs = [torch.randn(2, 3, 4, **kw) for _ in range(2)]
+    weights = torch.tensor([0.3, 0.7], **kw)
+    zero = torch.zeros(1, device=device, dtype=torch.float64)
+    # The skipped candidate's weight stays exactly 0 (gradcheck must not perturb it).
+    assert torch.autograd.gradcheck(
+        lambda w, a, b: ops.mixed_op([a, None, b], torch.cat([w[:1], zero, w[1:]])), (weights, *outs)
+    )
+    assert torch.autograd.gradcheck(lambda a: ops.channel_shuffle(a, 4), (x,))
+
+
+def test_opcheck_all_ops(device):
+    x = torch.randn(2, 8, 5, 4, device=device, requires_grad=True)
+    w1 = torch.randn(8, 4, 1, 1, device=device, requires_grad=True)
+    b1 = torch.randn(8, device=device, requires_grad=True)
+    w2 = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
+    outs = [torch.randn(2, 3, 4, device=device, requires_grad=True) for _ in range(2)]
+    weights = torch.tensor([0.3, 0.0, 0.7], device=device, requires_grad=True)
+    lib = torch.ops.fastnas
+    cases = [
+        (lib.channel_shuffle.default, (x, 2)),
+        (lib.shuffle_gconv1x1.default, (x, w1, b1, 2, 2)),
+        (lib.shuffle_gconv1x1.default, (x, w1, None, 2, 4)),
+        (lib.multi_dilation_dwconv2d.default, (x, w2, [1, 2], None, 2)),
+        (lib.mixed_op.default, ([outs[0], outs[1]], weights, [0, 2])),
+        (lib.shuffle_gconv1x1_grad_input.default, (x.detach(), w1.detach(), 2, 2)),
+        (lib.shuffle_gconv1x1_grad_weight.default, (x.detach(), x.detach(), 2, 2)),
+        (lib.multi_dilation_dwconv2d_grad_input.default, (x.detach(), w2.detach(), [1, 2], 1, [2, 8, 5, 4])),
+        (lib.multi_dilation_dwconv2d_grad_weight.default, (x.detach(), x.detach(), [1, 2], 1, 3)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pw = ops.ShuffleGConv1x1(8, 16, groups=4)
+        self.dw = ops.MultiDilationDWConv2d(16, dilations=(1, 2))
+        self.alpha = torch.nn.Parameter(torch.randn(2))
+
+    def forward(self, x):
+        y = self.pw(x)
+        z = self.dw(y)
+        return ops.mixed_op([y, z], torch.softmax(self.alpha, 0)).relu().mean((2, 3))
+
+
+def test_torch_compile_fullgraph(device):
+    model = _TinyNet().to(device)
+    x = torch.randn(2, 8, 6, 6, device=device)
+    eager = model(x)
+    eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+# ---- modules ----------------------------------------------------------------------
+def test_modules_initialise_like_conv2d():
+    torch.manual_seed(3)
+    ours = ops.ShuffleGConv1x1(16, 32, groups=4, bias=True)
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(16, 32, 1, groups=4, bias=True)
+    torch.testing.assert_close(ours.weight, conv.weight)
+    torch.testing.assert_close(ours.bias, conv.bias)
+    torch.manual_seed(4)
+    dw = ops.MultiDilationDWConv2d(12, 5, dilations=(1, 2, 3))
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(12, 12, 5, groups=12, bias=False)
+    torch.testing.assert_close(dw.weight, conv.weight)
+
+
+def test_fused_and_plain_modules_agree():
+    fused = ops.MultiDilationDWConv2d(8, dilations=(1, 2), stride=2, bias=True)
+    plain = ops.MultiDilationDWConv2d(8, dilations=(1, 2), stride=2, bias=True, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 8, 9, 9)
+    torch.testing.assert_close(fused(x), plain(x))
+
+
+def test_build_info():
+    info = fastnas.build_info()
+    assert set(info) >= {"cuda", "cuda_arch_list", "torch"}
+    assert info["torch"].split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
+    if torch.cuda.is_available():
+        assert info["cuda"]
+
+
+# ---- bad input ---------------------------------------------------------------------
+def test_errors_name_the_argument_and_fix():
+    x = torch.randn(2, 6, 4, 4)
+    with pytest.raises(RuntimeError, match=r"not divisible by groups=4"):
+        ops.shuffle_gconv1x1(x, torch.randn(8, 1, 1, 1), groups=4)
+    with pytest.raises(RuntimeError, match=r"weight must be shaped \(C_out, C_in/groups, 1, 1\)"):
+        ops.shuffle_gconv1x1(x, torch.randn(6, 2, 1, 1), groups=2)
+    with pytest.raises(RuntimeError, match=r"cannot be split into len\(dilations\)=4"):
+        ops.multi_dilation_dwconv2d(x, torch.randn(6, 1, 3, 3), (1, 2, 3, 4))
+    with pytest.raises(RuntimeError, match=r"even kernel size K=4"):
+        ops.multi_dilation_dwconv2d(x, torch.randn(6, 1, 4, 4), (1, 2))
+    with pytest.raises(RuntimeError, match=r"weight has dtype Double but x has dtype Float"):
+        ops.multi_dilation_dwconv2d(x, torch.randn(6, 1, 3, 3, dtype=torch.float64), (1, 2))
+    with pytest.raises(ValueError, match=r"got 2 outputs but \(3,\) weights"):
+        ops.mixed_op([x, x], torch.ones(3))
+    with pytest.raises(RuntimeError, match=r"outputs\[1\] is None but weights\[1\] = 0.5"):
+        ops.mixed_op([x, None], torch.tensor([0.5, 0.5]))
+    with pytest.raises(RuntimeError, match=r"every candidate must produce the same shape"):
+        ops.mixed_op([x, x[:1]], torch.ones(2))
+    with pytest.raises(ValueError, match=r"in_channels=6 is not divisible by groups=4"):
+        ops.ShuffleGConv1x1(6, 8, groups=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_mismatch_is_reported():
+    x = torch.randn(2, 4, 4, 4, device="cuda")
+    with pytest.raises(RuntimeError, match=r"weight is on cpu but x is on cuda"):
+        ops.multi_dilation_dwconv2d(x, torch.randn(4, 1, 3, 3), (1, 2))
