@@ -3,6 +3,8 @@
 // writes every candidate's gradient and accumulates the weight gradients in the same
 // pass; fixed-size chunks make the reduction order, and so the result, deterministic.
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -20,6 +22,29 @@ std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
   result.reserve(outputs.size());
   for (const at::Tensor& out : outputs) result.push_back(out.contiguous());
   return result;
+}
+
+// Returns sum_i grad[i] * out[i] over [begin, end) and, if out_grad is not null,
+// writes out_grad[i] = weight * grad[i] in the same pass. Vector accumulators break
+// the serial dependency a scalar running sum would have.
+template <typename scalar_t>
+scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out, scalar_t weight,
+                       scalar_t* out_grad, int64_t begin, int64_t end) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const Vec weight_vec(weight);
+  Vec acc(scalar_t(0));
+  int64_t i = begin;
+  for (; i + Vec::size() <= end; i += Vec::size()) {
+    const Vec g = Vec::loadu(grad + i);
+    acc = at::vec::fmadd(g, Vec::loadu(out + i), acc);
+    if (out_grad != nullptr) (g * weight_vec).store(out_grad + i);
+  }
+  scalar_t tail = 0;
+  for (; i < end; ++i) {
+    tail += grad[i] * out[i];
+    if (out_grad != nullptr) out_grad[i] = weight * grad[i];
+  }
+  return at::vec::vec_reduce_all<scalar_t>([](Vec& x, Vec& y) { return x + y; }, acc) + tail;
 }
 
 at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
@@ -74,15 +99,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
         const int64_t begin = chunk * kChunk;
         const int64_t end = std::min(numel, begin + kChunk);
         for (int64_t j = 0; j < num_computed; ++j) {
-          const scalar_t* s = inputs[j].data_ptr<scalar_t>();
-          scalar_t dot = 0;
-          for (int64_t i = begin; i < end; ++i) dot += g[i] * s[i];
-          part[chunk * num_computed + j] = static_cast<double>(dot);
-          if (need_output_grads) {
-            const auto c = static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]);
-            scalar_t* d = output_grads[j].data_ptr<scalar_t>();
-            for (int64_t i = begin; i < end; ++i) d[i] = c * g[i];
-          }
+          const auto weight = static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]);
+          scalar_t* out_grad = need_output_grads ? output_grads[j].data_ptr<scalar_t>() : nullptr;
+          part[chunk * num_computed + j] = static_cast<double>(dot_and_scale(
+              g, inputs[j].data_ptr<scalar_t>(), weight, out_grad, begin, end));
         }
       }
     });
