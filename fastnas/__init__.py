@@ -5,6 +5,7 @@ from fastnas import _extension
 _BUILD_INFO = _extension.load()
 
 from fastnas import ops  # noqa: E402  (ops need the compiled library loaded)
+from fastnas import flops  # noqa: E402  (registers FlopCounterMode formulas)
 
 
 def build_info() -> dict:
@@ -13,5 +14,5 @@ def build_info() -> dict:
     return dict(_BUILD_INFO)
 
 
-__all__ = ["build_info", "ops"]
+__all__ = ["build_info", "flops", "ops"]
 __version__ = "0.1.0"

@@ -47,8 +47,9 @@ class ChannelShuffle(nn.Module):
 
 
 class ShuffleGConv1x1(nn.Module):
-    """Grouped 1x1 conv followed by a channel shuffle with ``groups`` groups
-    (``shuffle=False``: no shuffle). Parameters named like nn.Conv2d's."""
+    """Grouped 1x1 conv followed by a channel shuffle with ``shuffle_groups`` groups
+    (default: ``groups``; ``shuffle=False``: no shuffle). Parameters named like
+    nn.Conv2d's."""
 
     def __init__(
         self,
@@ -58,10 +59,13 @@ class ShuffleGConv1x1(nn.Module):
         bias: bool = False,
         shuffle: bool = True,
         fused: bool = True,
+        shuffle_groups: int | None = None,
     ):
         super().__init__()
         _require_divisible(in_channels, "in_channels", groups, "groups")
         _require_divisible(out_channels, "out_channels", groups, "groups")
+        self.shuffle_groups = (shuffle_groups or groups) if shuffle else 1
+        _require_divisible(out_channels, "out_channels", self.shuffle_groups, "shuffle_groups")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.groups, self.shuffle, self.fused = groups, shuffle, fused
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1))
@@ -70,13 +74,12 @@ class ShuffleGConv1x1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         impl = functional if self.fused else reference
-        shuffle_groups = self.groups if self.shuffle else 1
-        return impl.shuffle_gconv1x1(x, self.weight, self.bias, self.groups, shuffle_groups)
+        return impl.shuffle_gconv1x1(x, self.weight, self.bias, self.groups, self.shuffle_groups)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "
-            f"bias={self.bias is not None}, shuffle={self.shuffle}"
+            f"bias={self.bias is not None}, shuffle_groups={self.shuffle_groups}"
         )
 
 

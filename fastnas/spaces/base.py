@@ -1,0 +1,59 @@
+"""The small interface every search space exposes to the search strategies."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+Architecture = tuple[int, ...]
+
+
+class SearchSpace(ABC):
+    """A space of architectures, each a sequence of decisions; decision i takes one of
+    ``decisions[i]`` values. Strategies only use this interface."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def decisions(self) -> tuple[int, ...]:
+        """Number of choices of every decision."""
+
+    def validate(self, arch: Sequence[int]) -> Architecture:
+        """The architecture as a tuple of ints; ValueError naming the bad position."""
+        arch = tuple(int(a) for a in arch)
+        if len(arch) != len(self.decisions):
+            raise ValueError(
+                f"{self.name}: an architecture has {len(self.decisions)} decisions, got {len(arch)}"
+            )
+        for i, (choice, n) in enumerate(zip(arch, self.decisions)):
+            if not 0 <= choice < n:
+                raise ValueError(f"{self.name}: decision {i} must be in [0, {n}), got {choice}")
+        return arch
+
+    def sample(self, generator: torch.Generator | None = None) -> Architecture:
+        """A uniformly random architecture."""
+        return tuple(int(torch.randint(n, (1,), generator=generator)) for n in self.decisions)
+
+    def size(self) -> int:
+        total = 1
+        for n in self.decisions:
+            total *= n
+        return total
+
+    @abstractmethod
+    def encode(self, arch: Sequence[int]) -> str:
+        """A readable description of the architecture."""
+
+    @abstractmethod
+    def build(self, arch: Sequence[int], fused: bool = True) -> nn.Module:
+        """A standalone network for the architecture."""
+
+    @abstractmethod
+    def flops(self, arch: Sequence[int]) -> int:
+        """Multiply-adds per sample of the built network (fastnas.flops conventions)."""
+
+    @abstractmethod
+    def params(self, arch: Sequence[int]) -> int:
+        """Parameters of the built network."""
