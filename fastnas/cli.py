@@ -1,0 +1,219 @@
+"""The ``fastnas`` command: a thin layer over the library.
+
+  fastnas search            CAS search on the bundled digits, scaled to minutes on a CPU
+  fastnas search --space nasbench201 --benchmark nats_bench.csv   strategies on the tabular oracle
+  fastnas train --arch runs/search/chosen.json   train the chosen architecture from scratch
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from fastnas import data as data_module
+from fastnas.search.policies import STRATEGIES
+from fastnas.search.rewards import CasSchedule
+
+# Seed 000's F range is for its 224x224 space (cheapest network ~83M); other variants
+# keep the same ratios to their own cheapest network.
+PAPER_F_RANGE = (8e7, 1.2e8)
+PAPER_FLOOR = 84.13e6
+DEFAULT_VARIANT = {"digits": "mnist", "mnist": "mnist", "cifar10": "cifar", "cifar100": "cifar"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastnas", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    s = commands.add_parser("search", help="run an architecture search")
+    s.add_argument("--space", choices=("canas", "nasbench201"), default="canas")
+    s.add_argument("--strategy", choices=STRATEGIES, default="cas")
+    s.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
+    s.add_argument("--data-root", help="folder holding (or receiving, with --download) the torchvision dataset")
+    s.add_argument("--download", action="store_true", help="download the dataset into --data-root")
+    s.add_argument("--variant", choices=("imagenet", "cifar", "mnist"),
+                   help="CANAS input variant (default: from the dataset)")
+    s.add_argument("--resize", type=int, help="upsample inputs bilinearly (224 as in seed 000)")
+    s.add_argument("--width-mult", type=float, default=1.0)
+    s.add_argument("--steps", type=int, nargs=3, metavar=("N_WARM", "N_SLOW", "N_FAST"),
+                   help="CAS phase lengths (default 10 20 30 on the bundled digits, 50 50 200 otherwise)")
+    s.add_argument("--period", type=int, help="CAS period T (default 10 on the digits, 50 otherwise)")
+    s.add_argument("--f-min", type=float, help="smallest target multiply-adds F_min")
+    s.add_argument("--f-max", type=float, help="largest target multiply-adds F_max")
+    s.add_argument("--alpha", type=float, default=2.0, help="delta_anneal = (F_max - F_min) / (2 alpha)")
+    s.add_argument("--fast-lambda", type=float, default=0.8, help="lambda of the fast anneal, in (0, 1)")
+    s.add_argument("--sms-target", type=float, help="F of the SMS reward (default F_max)")
+    s.add_argument("--child-steps", type=int, help="shared-weight minibatches per step")
+    s.add_argument("--controller-steps", type=int, default=1, help="controller updates per step")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--benchmark", help="NAS-Bench-201 table (CSV) for --space nasbench201")
+    s.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10")
+    s.add_argument("--budget", type=int, default=500, help="distinct queries of the tabular oracle")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--out", default="runs/search", help="output directory")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    s.add_argument("--plain", action="store_true", help="build the supernet on plain PyTorch ops")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    t = commands.add_parser("train", help="train a searched architecture from scratch")
+    t.add_argument("--arch", required=True, help="chosen.json written by fastnas search")
+    t.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
+    t.add_argument("--data-root")
+    t.add_argument("--download", action="store_true")
+    t.add_argument("--resize", type=int)
+    t.add_argument("--epochs", type=int, default=300)
+    t.add_argument("--lr", type=float, default=0.02)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--out", default="runs/train")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def _writable(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None
+    return out
+
+
+def _progress(total: int, initial: int, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=quiet, unit="step", dynamic_ncols=True)
+
+
+def _search_canas(args) -> int:
+    from fastnas.search import report
+    from fastnas.search.weight_sharing import SearchConfig, WeightSharingSearch
+    from fastnas.spaces.canas import CanasSpace
+
+    device = _device(args.device)
+    out = _writable(args.out)
+    demo = args.dataset == "digits"
+    variant = args.variant or DEFAULT_VARIANT[args.dataset]
+    num_classes = 100 if args.dataset == "cifar100" else 10
+    space = CanasSpace(variant, num_classes=num_classes, width_mult=args.width_mult)
+    if variant == "imagenet" and args.width_mult == 1.0:
+        f_min, f_max = PAPER_F_RANGE
+    else:
+        floor = space.flops(space.cheapest())
+        f_min, f_max = (r / PAPER_FLOOR * floor for r in PAPER_F_RANGE)
+    f_min = args.f_min if args.f_min is not None else f_min
+    f_max = args.f_max if args.f_max is not None else f_max
+    steps = args.steps or ((10, 20, 30) if demo else (50, 50, 200))
+    schedule = CasSchedule(f_min=f_min, f_max=f_max, period=args.period or (10 if demo else 50),
+                           n_warm=steps[0], n_slow=steps[1], n_fast=steps[2],
+                           anneal_alpha=args.alpha, fast_lambda=args.fast_lambda)
+    config = SearchConfig(
+        strategy=args.strategy, dataset=args.dataset, variant=variant, width_mult=args.width_mult,
+        resize=args.resize, schedule=schedule, sms_target=args.sms_target,
+        child_steps=args.child_steps or (10 if demo else 50), controller_steps=args.controller_steps,
+        batch_size=args.batch_size, seed=args.seed,
+    )
+    splits = data_module.load(args.dataset, args.data_root, args.download)
+    search = WeightSharingSearch(config, splits, out, device=device, fused=not args.plain)
+    if args.resume:
+        search.resume()
+    elif (out / "checkpoint.pt").exists():
+        raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
+    else:
+        (out / "records.jsonl").unlink(missing_ok=True)
+    space_spec = {"name": "canas", "variant": variant, "num_classes": num_classes, "width_mult": args.width_mult}
+    print(f"fastnas search: {args.strategy} over the CANAS space ({variant}, {len(space.decisions)} layers x 8 "
+          f"units) on {args.dataset}, F in [{f_min / 1e6:.2f}M, {f_max / 1e6:.2f}M], "
+          f"{schedule.total_steps} steps, device {device}, output {out}", flush=True)
+    best = max((r["acc_valid"] for r in search.records), default=0.0)
+    with _progress(schedule.total_steps, search.step, args.quiet) as bar:
+        def on_step(record):
+            nonlocal best
+            best = max(best, record["acc_valid"])
+            bar.set_postfix(phase=record["phase"], F=f"{record['target_flops'] / 1e6:.2f}M",
+                            reward=f"{record['reward']:.3f}", best=f"{100 * best:.1f}%", refresh=False)
+            bar.update(1)
+
+        records = search.run(on_step)
+    chosen = report.write_results(out, records, config.to_dict(), space_spec, (f_min, f_max))
+    print(report.summary(records, chosen, out))
+    return 0
+
+
+def _search_tabular(args) -> int:
+    from fastnas.search.tabular import tabular_search
+    from fastnas.spaces.nasbench201 import TabularBenchmark
+
+    if not args.benchmark:
+        raise ValueError("--space nasbench201 needs --benchmark PATH (the NAS-Bench-201 CSV, e.g. nats_bench.csv)")
+    out = _writable(args.out)
+    benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
+    results = {}
+    for strategy in (args.strategy, "random") if args.strategy != "random" else ("random",):
+        result = tabular_search(benchmark, strategy, budget=args.budget, seed=args.seed)
+        results[strategy] = result
+        print(f"{strategy:>6}: {result.queries} queries ({100 * result.queries / len(benchmark):.1f}% of "
+              f"{len(benchmark)}), hypervolume ratio {result.hypervolume_ratio:.4f}")
+    (out / "tabular.json").write_text(json.dumps({
+        s: {"queries": r.queries, "hypervolume_ratio": r.hypervolume_ratio,
+            "queried": [{"arch": list(a), "encoding": benchmark.space.encode(a), "flops": f, "accuracy": acc}
+                        for a, (f, acc) in r.queried.items()]}
+        for s, r in results.items()}, indent=1))
+    print(f"results in {out / 'tabular.json'}")
+    return 0
+
+
+def _train(args) -> int:
+    from fastnas.train import TrainConfig, load_architecture, train_network
+
+    device = _device(args.device)
+    out = _writable(args.out)
+    space, arch = load_architecture(args.arch)
+    splits = data_module.load(args.dataset, args.data_root, args.download)
+    model = space.build(arch)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, resize=args.resize,
+                         seed=args.seed)
+    print(f"fastnas train: {space.encode(arch)} on {args.dataset} for {config.epochs} epochs", flush=True)
+    with _progress(config.epochs, 0, args.quiet) as bar:
+        def on_epoch(entry):
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.4f}", refresh=False)
+            bar.update(1)
+
+        result = train_network(model, splits, config, device, on_epoch)
+    torch.save({"arch": list(arch), "state_dict": model.state_dict()}, out / "model.pt")
+    (out / "train.json").write_text(json.dumps({"arch": list(arch), **result}, indent=1))
+    print(f"test accuracy {100 * result['test_accuracy']:.2f}%, {result['flops'] / 1e6:.2f}M MACs, "
+          f"{result['params'] / 1e6:.3f}M params; model in {out / 'model.pt'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.space == "nasbench201":
+            return _search_tabular(args)
+        return _search_canas(args)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"fastnas: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

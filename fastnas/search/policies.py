@@ -1,0 +1,138 @@
+"""Search policies and reward functions shared by the weight-sharing loop and the
+tabular-oracle loop.
+
+REINFORCE (seed 000, Eq. 1): grad = 1/N sum_n sum_g grad log P(a_g | a_<g) (R_n - b), the
+sample entropy added to the reward with weight 0.1, b an exponential moving average of
+past rewards, Adam with lr 1e-3. Random search is the honest baseline.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fastnas.search.controller import LSTMController
+from fastnas.search.rewards import CasSchedule, CasState, cas_reward, enas_reward, sms_reward
+
+STRATEGIES = ("cas", "sms", "enas", "random")
+
+
+class RewardFunction:
+    """The reward of a strategy at a schedule step. Every strategy runs for
+    ``schedule.total_steps`` steps; only CAS anneals its target."""
+
+    def __init__(self, strategy: str, schedule: CasSchedule, sms_target: float | None = None):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        self.strategy = strategy
+        self.schedule = schedule
+        self.sms_target = sms_target if sms_target is not None else schedule.f_max
+
+    def state(self, step: int) -> CasState:
+        if self.strategy == "cas":
+            return self.schedule.at(step)
+        target = self.sms_target if self.strategy == "sms" else float("nan")
+        return CasState(self.strategy, target, 1.0, float("nan"))
+
+    def __call__(self, accuracy: float, flops: float, step: int) -> float:
+        if self.strategy == "cas":
+            s = self.schedule.at(step)
+            return cas_reward(accuracy, flops, s.target, s.lam, s.delta)
+        if self.strategy == "sms":
+            return sms_reward(accuracy, flops, self.sms_target)
+        return enas_reward(accuracy)
+
+
+@dataclass
+class PolicyUpdate:
+    loss: float
+    baseline: float
+    mean_reward: float
+
+
+class ReinforcePolicy:
+    """LSTM controller trained with REINFORCE and a moving-average baseline. Lives on
+    the CPU and draws from its own generator, so a run is reproducible and resumable."""
+
+    def __init__(
+        self,
+        decisions: Sequence[int],
+        lr: float = 1e-3,
+        tanh_constant: float = 1.5,
+        entropy_weight: float = 0.1,
+        baseline_decay: float = 0.99,
+        hidden_size: int = 64,
+        seed: int = 0,
+    ):
+        with torch.random.fork_rng(devices=[]):  # seed the initialisation only
+            torch.manual_seed(seed)
+            self.controller = LSTMController(decisions, hidden_size, tanh_constant)
+        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=lr)
+        self.entropy_weight = entropy_weight
+        self.baseline_decay = baseline_decay
+        self.baseline: float | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, n: int):
+        return self.controller(n, generator=self.generator)
+
+    def update(self, sample, rewards: Sequence[float]) -> PolicyUpdate:
+        rewards_t = torch.tensor(list(rewards), dtype=torch.float32)
+        rewards_t = rewards_t + self.entropy_weight * sample.entropy.detach()
+        mean = float(rewards_t.mean())
+        baseline = mean if self.baseline is None else self.baseline
+        loss = -((rewards_t - baseline) * sample.log_prob).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * mean
+        return PolicyUpdate(float(loss.detach()), self.baseline, mean)
+
+    def state_dict(self) -> dict:
+        return {
+            "controller": self.controller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "baseline": self.baseline,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.baseline = state["baseline"]
+        self.generator.set_state(state["generator"])
+
+
+@dataclass
+class RandomSample:
+    archs: list[tuple[int, ...]]
+
+
+class RandomPolicy:
+    """Uniform sampling; learns nothing."""
+
+    def __init__(self, decisions: Sequence[int], seed: int = 0):
+        self.decisions = tuple(decisions)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.baseline = None
+
+    def sample(self, n: int) -> RandomSample:
+        columns = [torch.randint(k, (n,), generator=self.generator) for k in self.decisions]
+        return RandomSample([tuple(int(c[i]) for c in columns) for i in range(n)])
+
+    def update(self, sample, rewards: Sequence[float]) -> PolicyUpdate:
+        return PolicyUpdate(0.0, float("nan"), sum(rewards) / max(1, len(rewards)))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def make_policy(strategy: str, decisions: Sequence[int], seed: int = 0, **controller_options):
+    if strategy == "random":
+        return RandomPolicy(decisions, seed)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    return ReinforcePolicy(decisions, seed=seed, **controller_options)

@@ -1,0 +1,252 @@
+"""The weight-sharing search loop of seed 000 (Algorithm CAS; ENAS, SMS and random
+search through the same loop).
+
+Every step: train the shared supernet weights on the train split for ``child_steps``
+minibatches, each on one path sampled from the policy (M = 1); update the controller
+``controller_steps`` times, each from N sampled paths rewarded on a validation
+minibatch; sample an architecture m, measure it on the validation and test splits and
+record {m, flops, params, acc_valid, acc_test}. After every step the whole search state
+is saved atomically, so a killed search resumes where it stopped.
+"""
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastnas import data as data_module
+from fastnas.search.policies import RewardFunction, make_policy
+from fastnas.search.rewards import CasSchedule
+from fastnas.spaces.canas import CanasSpace
+
+CHECKPOINT = "checkpoint.pt"
+RECORDS = "records.jsonl"
+
+
+@dataclass
+class SearchConfig:
+    strategy: str = "cas"
+    dataset: str = "digits"
+    variant: str = "mnist"
+    width_mult: float = 1.0
+    resize: int | None = None  # bilinear upsampling of the inputs (224 as in seed 000)
+    schedule: CasSchedule = field(default_factory=CasSchedule)
+    sms_target: float | None = None
+    child_steps: int = 10
+    controller_steps: int = 1
+    controller_samples: int = 10
+    controller_lr: float = 1e-3
+    tanh_constant: float = 1.5
+    entropy_weight: float = 0.1
+    baseline_decay: float = 0.99
+    child_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 2.5e-4
+    batch_size: int = 128
+    grad_clip: float = 5.0
+    eval_batches: int = 4  # batches of each of the validation and test splits per record
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["schedule"] = self.schedule.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        d = dict(d)
+        d["schedule"] = CasSchedule(**d["schedule"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        for name in ("child_steps", "controller_samples", "batch_size", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.controller_steps < 0:
+            raise ValueError(f"controller_steps must be >= 0, got {self.controller_steps}")
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module):
+    """BatchNorm on batch statistics without touching the running averages: a shared
+    supernet's running statistics mix every path, so rewards use the batch's own."""
+    saved = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for m, _, _ in saved:
+            m.train()
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, training, momentum in saved:
+            m.train(training)
+            m.momentum = momentum
+
+
+def path_accuracy(supernet, arch, batches) -> float:
+    correct = total = 0
+    with torch.no_grad(), batch_statistics(supernet):
+        for x, y in batches:
+            correct += int((supernet(x, arch).argmax(dim=1) == y).sum())
+            total += len(y)
+    return correct / max(1, total)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class WeightSharingSearch:
+    """A resumable search over the CANAS space."""
+
+    def __init__(self, config: SearchConfig, splits: data_module.DataSplits, out_dir: str | Path,
+                 device: str | torch.device = "cpu", fused: bool = True):
+        config.validate()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device)
+        self.splits = splits
+        self.space = CanasSpace(config.variant, num_classes=splits.num_classes, width_mult=config.width_mult,
+                                macro=None)
+        expected_channels = self.space.layout.in_channels
+        if splits.in_channels != expected_channels:
+            raise ValueError(
+                f"dataset {splits.name} has {splits.in_channels} input channels but the "
+                f"{config.variant} variant expects {expected_channels}; pick a matching --variant"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.supernet = self.space.supernet(fused=fused).to(self.device)
+        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.child_lr,
+                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        self.policy = make_policy(
+            config.strategy, self.space.decisions, seed=config.seed,
+            **({} if config.strategy == "random" else dict(
+                lr=config.controller_lr, tanh_constant=config.tanh_constant,
+                entropy_weight=config.entropy_weight, baseline_decay=config.baseline_decay)),
+        )
+        self.reward_fn = RewardFunction(config.strategy, config.schedule, config.sms_target)
+        self.train_loader = data_module.BatchLoader(splits.train, splits.name, config.batch_size, self.device,
+                                                    augment=True, resize=config.resize, seed=config.seed)
+        self.valid_loader = data_module.BatchLoader(splits.valid, splits.name, config.batch_size, self.device,
+                                                    augment=False, resize=config.resize, seed=config.seed + 1)
+        self.step = 0
+        self.records: list[dict] = []
+
+    # ---- checkpointing ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": "fastnas-search-1",
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "supernet": self.supernet.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "policy": self.policy.state_dict(),
+            "train_loader": self.train_loader.state_dict(),
+            "valid_loader": self.valid_loader.state_dict(),
+            "records": self.records,
+        }
+
+    def save(self) -> None:
+        _atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+
+    def resume(self) -> None:
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as error:  # a truncated or foreign file
+            raise ValueError(f"--resume: {path} is not a readable fastnas checkpoint ({error})") from None
+        if not isinstance(state, dict) or state.get("format") != "fastnas-search-1":
+            raise ValueError(f"--resume: {path} is not a fastnas search checkpoint")
+        saved = state["config"]
+        current = self.config.to_dict()
+        differing = sorted(k for k in current if saved.get(k) != current[k])
+        if differing:
+            details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
+            raise ValueError(f"--resume: the checkpoint was made with other settings ({details}); "
+                             f"rerun with the same settings or another --out")
+        self.supernet.load_state_dict(state["supernet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["policy"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        self.valid_loader.load_state_dict(state["valid_loader"])
+        self.step = state["step"]
+        self.records = list(state["records"])
+
+    # ---- one search step -----------------------------------------------------------
+    def _train_shared_weights(self) -> float:
+        self.supernet.train()
+        total = 0.0
+        for _ in range(self.config.child_steps):
+            with torch.no_grad():
+                arch = self.policy.sample(1).archs[0]
+            x, y = self.train_loader.next()
+            loss = F.cross_entropy(self.supernet(x, arch), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.supernet.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            total += float(loss.detach())
+        return total / self.config.child_steps
+
+    def _train_controller(self) -> float:
+        reward = float("nan")
+        for _ in range(self.config.controller_steps):
+            sample = self.policy.sample(self.config.controller_samples)
+            batch = [self.valid_loader.next()]
+            rewards = [
+                self.reward_fn(path_accuracy(self.supernet, arch, batch), self.space.flops(arch), self.step)
+                for arch in sample.archs
+            ]
+            reward = self.policy.update(sample, rewards).mean_reward
+        return reward
+
+    def _record(self, loss: float, reward: float) -> dict:
+        with torch.no_grad():
+            arch = self.policy.sample(1).archs[0]
+        batches = self.config.eval_batches
+        size = self.config.batch_size
+        valid = data_module.iterate(self.splits.valid, self.splits.name, size, self.device, self.config.resize, batches)
+        test = data_module.iterate(self.splits.test, self.splits.name, size, self.device, self.config.resize, batches)
+        state = self.reward_fn.state(self.step)
+        return {
+            "step": self.step,
+            "phase": state.phase,
+            "target_flops": state.target,
+            "arch": list(arch),
+            "encoding": self.space.encode(arch),
+            "flops": self.space.flops(arch),
+            "params": self.space.params(arch),
+            "acc_valid": path_accuracy(self.supernet, arch, valid),
+            "acc_test": path_accuracy(self.supernet, arch, test),
+            "train_loss": loss,
+            "reward": reward,
+        }
+
+    def run(self, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+        """Runs the remaining steps; ``on_step`` sees every new record."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        total = self.config.schedule.total_steps
+        with (self.out_dir / RECORDS).open("a") as log:
+            while self.step < total:
+                loss = self._train_shared_weights()
+                reward = self._train_controller()
+                record = self._record(loss, reward)
+                self.records.append(record)
+                self.step += 1
+                self.save()
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if on_step is not None:
+                    on_step(record)
+        return self.records

@@ -1,0 +1,102 @@
+"""Training a chosen architecture from scratch with seed 000's protocol: SGD (momentum
+0.9, weight decay 2.5e-4), batch 128, lr 0.02 with cosine annealing and warm restarts
+(period 10 epochs, minimum 5e-4), random crop (+ flip on CIFAR) augmentation."""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastnas import data as data_module
+from fastnas.flops import count
+from fastnas.spaces.canas import CanasSpace
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 2.5e-4
+    batch_size: int = 128
+    restart_period: int = 10
+    min_lr: float = 5e-4
+    resize: int | None = None
+    seed: int = 0
+
+
+def space_from_spec(spec: dict) -> CanasSpace:
+    """The space described by a chosen.json's "space" entry."""
+    if spec.get("name") != "canas":
+        raise ValueError(f"fastnas train builds CANAS architectures; the file describes space {spec.get('name')!r}")
+    return CanasSpace(spec["variant"], num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0))
+
+
+def load_architecture(path: str | Path) -> tuple[CanasSpace, tuple[int, ...]]:
+    """Reads a chosen.json written by ``fastnas search``."""
+    path = Path(path)
+    try:
+        chosen = json.loads(path.read_text())
+        space = space_from_spec(chosen["space"])
+        return space, space.validate(chosen["arch"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--arch: {path} does not exist; pass the chosen.json a search wrote") from None
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--arch: {path} is not a chosen.json from fastnas search ({error})") from None
+
+
+def evaluate(model: nn.Module, split: data_module.ImageSplit, dataset: str, device, resize=None,
+             batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in data_module.iterate(split, dataset, batch_size, device, resize):
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / len(split)
+
+
+def train_network(model: nn.Module, splits: data_module.DataSplits, config: TrainConfig, device,
+                  on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Trains on train + validation (the search split is not needed any more) and
+    reports test accuracy, MACs and parameters."""
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    device = torch.device(device)
+    model.to(device)
+    train_split = data_module.ImageSplit(torch.cat([splits.train.images, splits.valid.images]),
+                                         torch.cat([splits.train.labels, splits.valid.labels]))
+    loader = data_module.BatchLoader(train_split, splits.name, config.batch_size, device, augment=True,
+                                     resize=config.resize, seed=config.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_period,
+                                                                     eta_min=config.min_lr)
+    steps_per_epoch = max(1, len(train_split) // loader.batch_size)
+    history = []
+    for epoch in range(config.epochs):
+        model.train()
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            x, y = loader.next()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        scheduler.step()
+        entry = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
+        history.append(entry)
+        if on_epoch is not None:
+            on_epoch(entry)
+    size = config.resize or splits.image_size
+    counts = count(model, torch.zeros(1, splits.in_channels, size, size, device=device))
+    return {
+        "test_accuracy": evaluate(model, splits.test, splits.name, device, config.resize),
+        "flops": counts.macs,
+        "params": counts.params,
+        "history": history,
+    }
