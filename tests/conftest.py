@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers on a small machine: intra-op threads would oversubscribe the
+    # cores and OpenMP's spin-waiting then slows everything down many times over.
+    torch.set_num_threads(1)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
