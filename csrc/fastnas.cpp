@@ -1,6 +1,8 @@
 // The fastnas operator library: every schema in one TORCH_LIBRARY block, the
 // argument checks shared by all devices, and the build description.
+#ifndef FASTNAS_NO_PYTHON_MODULE
 #include <Python.h>
+#endif
 #include <torch/library.h>
 #include <torch/version.h>
 
@@ -13,13 +15,16 @@
 #define FASTNAS_CUDA_ARCH_LIST ""
 #endif
 
+#ifndef FASTNAS_NO_PYTHON_MODULE
 extern "C" {
-// Importing fastnas._C only loads the library, which registers the ops.
+// Importing fastnas._C only loads the library, which registers the ops. (The CMake
+// build is loaded with torch.ops.load_library instead and has no module init.)
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
+#endif
 
 namespace fastnas {
 

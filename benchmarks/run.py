@@ -1,0 +1,150 @@
+"""Runs the benchmark suite and prints fastnas against its baselines, side by side.
+
+    python benchmarks/run.py            # full rounds, writes benchmarks/results/<device>-<date>-<commit>.json
+    python benchmarks/run.py --quick    # few rounds (CI), same table
+
+Speedup = baseline time / fastnas time (above 1: fastnas is faster), median of rounds.
+On CUDA the table also gives the share of measured device bandwidth that the forward
+of the memory-bound ops reaches, and the peak-memory ratio of the end-to-end steps.
+Each row is read against the goals of the project and marked when one is missed.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MEMORY_BOUND = {"multi_dilation_dwconv2d", "mixed_op"}
+
+
+def measured_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy (read + write)."""
+    import torch
+
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 4 * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def goals(op: str, mode: str, on_cuda: bool) -> dict:
+    if op == "canas_step":
+        return {"eager": 1.3} if on_cuda else {}
+    if mode != "fwdbwd":
+        return {}
+    return {"eager": 2.0, "compile": 1.0} if on_cuda else {"eager": 1.0}
+
+
+def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tuple[list[dict], str]:
+    groups = defaultdict(dict)
+    for b in benchmarks:
+        info = b["extra_info"]
+        key = (info["op"], info["case"], info["dtype"], info["mode"])
+        groups[key][info["impl"]] = {"median_s": b["stats"]["median"], **info}
+    rows, lines = [], []
+    header = f"{'op':<24} {'case':<26} {'dtype':<9} {'mode':<7} {'fastnas':>9} {'eager':>9} {'speedup':>8}"
+    if on_cuda:
+        header += f" {'compile':>9} {'vs comp':>8} {'fwd BW':>7} {'mem':>6}"
+    lines += [header, "-" * len(header)]
+    for key in sorted(groups):
+        impls = groups[key]
+        if "fastnas" not in impls or "eager" not in impls:
+            continue
+        op, case, dtype, mode = key
+        ours = impls["fastnas"]["median_s"]
+        row = {"op": op, "case": case, "dtype": dtype, "mode": mode, "fastnas_ms": 1e3 * ours,
+               "eager_ms": 1e3 * impls["eager"]["median_s"], "speedup_vs_eager": impls["eager"]["median_s"] / ours}
+        if "compile" in impls:
+            row["compile_ms"] = 1e3 * impls["compile"]["median_s"]
+            row["speedup_vs_compile"] = impls["compile"]["median_s"] / ours
+        if bandwidth and mode == "fwd" and op in MEMORY_BOUND:
+            row["bandwidth_fraction"] = impls["fastnas"]["bytes"] / ours / bandwidth
+        if "peak_memory_bytes" in impls["fastnas"] and op == "canas_step":
+            row["peak_memory_ratio"] = impls["fastnas"]["peak_memory_bytes"] / impls["eager"]["peak_memory_bytes"]
+        missed = [f"{name} < {need}x" for name, need in goals(op, mode, on_cuda).items()
+                  if row.get(f"speedup_vs_{name}", need) < need]
+        if row.get("bandwidth_fraction", 1.0) < 0.6:
+            missed.append("bandwidth < 60%")
+        row["goals_missed"] = missed
+        rows.append(row)
+        line = (f"{op:<24} {case:<26} {dtype.replace('torch.', ''):<9} {mode:<7} {row['fastnas_ms']:8.3f}m "
+                f"{row['eager_ms']:8.3f}m {row['speedup_vs_eager']:7.2f}x")
+        if on_cuda:
+            line += (f" {row.get('compile_ms', float('nan')):8.3f}m {row.get('speedup_vs_compile', float('nan')):7.2f}x"
+                     f" {100 * row.get('bandwidth_fraction', float('nan')):6.1f}% {row.get('peak_memory_ratio', float('nan')):5.2f}")
+        if missed:
+            line += "   MISSED: " + ", ".join(missed)
+        lines.append(line)
+    return rows, "\n".join(lines)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few rounds (for CI)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--out", default=str(HERE / "results"), help="directory for the JSON results")
+    parser.add_argument("-k", help="only the cases matching this pytest expression")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    env = dict(os.environ, FASTNAS_BENCH_DEVICE=device, FASTNAS_BENCH_QUICK="1" if args.quick else "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_path = Path(tmp) / "raw.json"
+        command = [sys.executable, "-m", "pytest", str(HERE / "bench_fastnas.py"), "-q", "-p", "no:cacheprovider",
+                   f"--benchmark-json={raw_path}", "--benchmark-disable-gc", "--benchmark-columns=median"]
+        if args.k:
+            command += ["-k", args.k]
+        completed = subprocess.run(command, env=env)
+        if completed.returncode != 0:
+            print(f"benchmarks failed (pytest exit code {completed.returncode})", file=sys.stderr)
+            return completed.returncode
+        raw = json.loads(raw_path.read_text())
+    on_cuda = device.startswith("cuda")
+    bandwidth = measured_bandwidth() if on_cuda else None
+    rows, text = table(raw["benchmarks"], on_cuda, bandwidth)
+    device_name = torch.cuda.get_device_name() if on_cuda else (platform.processor() or platform.machine())
+    print(f"\nfastnas benchmarks on {device} ({device_name}), torch {torch.__version__}"
+          + (f", measured copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "")
+          + (" [quick: few rounds]" if args.quick else ""))
+    print("speedup = baseline time / fastnas time (median); above 1 means fastnas is faster")
+    print(text)
+    date = datetime.datetime.now(datetime.timezone.utc)
+    result = {
+        "device": device, "device_name": device_name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "date": date.isoformat(timespec="seconds"), "commit": _commit(), "quick": args.quick,
+        "bandwidth_bytes_per_s": bandwidth, "rows": rows, "pytest_benchmark": raw["benchmarks"],
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{'cuda' if on_cuda else 'cpu'}-{date:%Y%m%d-%H%M}-{result['commit']}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
