@@ -128,12 +128,12 @@ def _search_canas(args) -> int:
         child_steps=args.child_steps or (10 if demo else 50), controller_steps=args.controller_steps,
         batch_size=args.batch_size, seed=args.seed,
     )
+    if not args.resume and (out / "checkpoint.pt").exists():
+        raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
     splits = data_module.load(args.dataset, args.data_root, args.download)
     search = WeightSharingSearch(config, splits, out, device=device, fused=not args.plain)
     if args.resume:
         search.resume()
-    elif (out / "checkpoint.pt").exists():
-        raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
     else:
         (out / "records.jsonl").unlink(missing_ok=True)
     space_spec = {"name": "canas", "variant": variant, "num_classes": num_classes, "width_mult": args.width_mult}

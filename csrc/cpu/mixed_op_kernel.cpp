@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "../ops.h"
+#include "cpu_clones.h"
 
 namespace fastnas {
 namespace {
@@ -28,7 +29,7 @@ std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
 // writes out_grad[i] = weight * grad[i] in the same pass. Vector accumulators break
 // the serial dependency a scalar running sum would have.
 template <typename scalar_t>
-scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out, scalar_t weight,
+FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out, scalar_t weight,
                        scalar_t* out_grad, int64_t begin, int64_t end) {
   using Vec = at::vec::Vectorized<scalar_t>;
   const Vec weight_vec(weight);
@@ -46,6 +47,32 @@ scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out, scalar_t weigh
   }
   return at::vec::vec_reduce_all<scalar_t>([](Vec& x, Vec& y) { return x + y; }, acc) + tail;
 }
+
+// dst[i] (=|+=) weight * src[i] over [begin, end).
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE void scaled_add(scalar_t* dst, const scalar_t* src, scalar_t weight,
+                                      bool overwrite, int64_t begin, int64_t end) {
+  if (overwrite) {
+    for (int64_t i = begin; i < end; ++i) dst[i] = weight * src[i];
+  } else {
+    for (int64_t i = begin; i < end; ++i) dst[i] += weight * src[i];
+  }
+}
+
+// Per-dtype entry points, each compiled for several ISAs (see cpu_clones.h).
+#define FASTNAS_CLONED_MIXED_KERNELS(scalar_t)                                                    \
+  FASTNAS_CPU_CLONES scalar_t dot_and_scale_cloned(const scalar_t* grad, const scalar_t* out,     \
+                                                   scalar_t weight, scalar_t* out_grad,           \
+                                                   int64_t begin, int64_t end) {                  \
+    return dot_and_scale<scalar_t>(grad, out, weight, out_grad, begin, end);                      \
+  }                                                                                               \
+  FASTNAS_CPU_CLONES void scaled_add_cloned(scalar_t* dst, const scalar_t* src, scalar_t weight,  \
+                                            bool overwrite, int64_t begin, int64_t end) {         \
+    scaled_add<scalar_t>(dst, src, weight, overwrite, begin, end);                                \
+  }
+FASTNAS_CLONED_MIXED_KERNELS(float)
+FASTNAS_CLONED_MIXED_KERNELS(double)
+#undef FASTNAS_CLONED_MIXED_KERNELS
 
 at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
                         at::IntArrayRef computed) {
@@ -65,11 +92,8 @@ at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
     }
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, numel, kChunk, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) dst[i] = coef[0] * src[0][i];
-      for (size_t j = 1; j < src.size(); ++j) {
-        const scalar_t c = coef[j];
-        const scalar_t* s = src[j];
-        for (int64_t i = begin; i < end; ++i) dst[i] += c * s[i];
+      for (size_t j = 0; j < src.size(); ++j) {
+        scaled_add_cloned(dst, src[j], coef[j], /*overwrite=*/j == 0, begin, end);
       }
     });
   });
@@ -101,7 +125,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
         for (int64_t j = 0; j < num_computed; ++j) {
           const auto weight = static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]);
           scalar_t* out_grad = need_output_grads ? output_grads[j].data_ptr<scalar_t>() : nullptr;
-          part[chunk * num_computed + j] = static_cast<double>(dot_and_scale(
+          part[chunk * num_computed + j] = static_cast<double>(dot_and_scale_cloned(
               g, inputs[j].data_ptr<scalar_t>(), weight, out_grad, begin, end));
         }
       }

@@ -2,14 +2,18 @@
 // dilation chosen by the channel's group. Inner loops run over the output columns
 // whose taps are in bounds (valid_output_span), so they are branch-free and vectorise.
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "../index_math.h"
 #include "../ops.h"
+#include "cpu_clones.h"
 
 namespace fastnas {
 namespace {
@@ -19,7 +23,7 @@ struct PlaneGeometry {
 };
 
 template <typename scalar_t>
-void forward_plane(const scalar_t* in, const scalar_t* w, scalar_t bias, scalar_t* out,
+FASTNAS_ALWAYS_INLINE void forward_plane(const scalar_t* in, const scalar_t* w, scalar_t bias, scalar_t* out,
                    const PlaneGeometry& g, int64_t dilation) {
   const int64_t pad = same_padding(dilation, g.kernel_size);
   for (int64_t oh = 0; oh < g.out_height; ++oh) {
@@ -47,7 +51,7 @@ void forward_plane(const scalar_t* in, const scalar_t* w, scalar_t bias, scalar_
 
 // Scatter form of the input gradient: each output tap adds into the input it read.
 template <typename scalar_t>
-void grad_input_plane(const scalar_t* grad_out, const scalar_t* w, scalar_t* grad_in,
+FASTNAS_ALWAYS_INLINE void grad_input_plane(const scalar_t* grad_out, const scalar_t* w, scalar_t* grad_in,
                       const PlaneGeometry& g, int64_t dilation) {
   const int64_t pad = same_padding(dilation, g.kernel_size);
   std::fill(grad_in, grad_in + g.height * g.width, scalar_t(0));
@@ -75,7 +79,7 @@ void grad_input_plane(const scalar_t* grad_out, const scalar_t* w, scalar_t* gra
 
 // Adds sum_{oh,ow} grad_out[oh,ow] * in[tap(oh,ow)] for every tap into acc[K*K].
 template <typename scalar_t>
-void grad_weight_plane(const scalar_t* grad_out, const scalar_t* in, double* acc,
+FASTNAS_ALWAYS_INLINE void grad_weight_plane(const scalar_t* grad_out, const scalar_t* in, double* acc,
                        const PlaneGeometry& g, int64_t dilation) {
   const int64_t pad = same_padding(dilation, g.kernel_size);
   for (int64_t oh = 0; oh < g.out_height; ++oh) {
@@ -95,6 +99,179 @@ void grad_weight_plane(const scalar_t* grad_out, const scalar_t* in, double* acc
     }
   }
 }
+
+// ---- stride 1: each tap is one shifted run over a zero-padded plane ------------------------
+// The padded plane has row pitch W + 2*pad. Output (oh, ow) is placed at oh*pitch + ow in
+// the same pitch, so tap (kh, kw) reads at the constant offset kh*d*pitch + kw*d and a
+// whole plane is one long vectorisable loop; the few columns past W are computed and
+// dropped. The kernel size is a template parameter so the taps unroll.
+struct PaddedGeometry {
+  int64_t pad, pitch, padded_size, span;  // span = (H - 1) * pitch + W outputs
+};
+
+PaddedGeometry padded_geometry(const PlaneGeometry& g, int64_t dilation) {
+  const int64_t pad = same_padding(dilation, g.kernel_size);
+  const int64_t pitch = g.width + 2 * pad;
+  return {pad, pitch, (g.height + 2 * pad) * pitch, (g.height - 1) * pitch + g.width};
+}
+
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE void pad_plane(const scalar_t* src, const PlaneGeometry& g,
+                                     const PaddedGeometry& p, scalar_t* dst) {
+  std::fill(dst, dst + p.padded_size, scalar_t(0));
+  for (int64_t r = 0; r < g.height; ++r) {
+    std::copy(src + r * g.width, src + (r + 1) * g.width, dst + (r + p.pad) * p.pitch + p.pad);
+  }
+}
+
+// result[i] = bias + sum_t taps[t] * padded[i + offset(t)], i in [0, span).
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void correlate_padded(const scalar_t* padded, const scalar_t* taps,
+                                            scalar_t bias, int64_t dilation,
+                                            const PaddedGeometry& p, scalar_t* result) {
+  int64_t offsets[K * K];
+  scalar_t w[K * K];
+  for (int kh = 0; kh < K; ++kh) {
+    for (int kw = 0; kw < K; ++kw) {
+      offsets[kh * K + kw] = kh * dilation * p.pitch + kw * dilation;
+      w[kh * K + kw] = taps[kh * K + kw];
+    }
+  }
+  for (int64_t i = 0; i < p.span; ++i) {
+    scalar_t acc = bias;
+#pragma GCC unroll 64
+    for (int t = 0; t < K * K; ++t) acc += w[t] * padded[i + offsets[t]];
+    result[i] = acc;
+  }
+}
+
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE void unpitch(const scalar_t* pitched, const PlaneGeometry& g,
+                                   const PaddedGeometry& p, scalar_t* out) {
+  for (int64_t r = 0; r < g.height; ++r) {
+    std::copy(pitched + r * p.pitch, pitched + r * p.pitch + g.width, out + r * g.width);
+  }
+}
+
+// Scratch of one plane: the padded input and the pitched result.
+template <typename scalar_t>
+struct PlaneScratch {
+  std::vector<scalar_t> padded, pitched;
+  void reserve(const PaddedGeometry& p) {
+    if (static_cast<int64_t>(padded.size()) < p.padded_size) padded.resize(p.padded_size);
+    if (static_cast<int64_t>(pitched.size()) < p.padded_size) pitched.resize(p.padded_size);
+  }
+};
+
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void forward_plane_s1(const scalar_t* in, const scalar_t* w, scalar_t bias,
+                                            scalar_t* out, const PlaneGeometry& g,
+                                            int64_t dilation, PlaneScratch<scalar_t>& scratch) {
+  const PaddedGeometry p = padded_geometry(g, dilation);
+  scratch.reserve(p);
+  pad_plane(in, g, p, scratch.padded.data());
+  correlate_padded<scalar_t, K>(scratch.padded.data(), w, bias, dilation, p, scratch.pitched.data());
+  unpitch(scratch.pitched.data(), g, p, out);
+}
+
+// With stride 1 and same padding the input gradient is the correlation of the padded
+// output gradient with the flipped kernel.
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void grad_input_plane_s1(const scalar_t* grad_out, const scalar_t* w,
+                                               scalar_t* grad_in, const PlaneGeometry& g,
+                                               int64_t dilation, PlaneScratch<scalar_t>& scratch) {
+  scalar_t flipped[K * K];
+  for (int t = 0; t < K * K; ++t) flipped[t] = w[K * K - 1 - t];
+  forward_plane_s1<scalar_t, K>(grad_out, flipped, scalar_t(0), grad_in, g, dilation, scratch);
+}
+
+// acc[t] += sum_i grad[i] * padded_in[i + offset(t)], grad laid out in the row pitch with
+// zeros in the dropped columns; all K*K sums in one pass with vector accumulators.
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void grad_weight_plane_s1(const scalar_t* grad_out, const scalar_t* in,
+                                                double* acc, const PlaneGeometry& g,
+                                                int64_t dilation, PlaneScratch<scalar_t>& scratch) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const PaddedGeometry p = padded_geometry(g, dilation);
+  scratch.reserve(p);
+  pad_plane(in, g, p, scratch.padded.data());
+  scalar_t* grad = scratch.pitched.data();
+  std::fill(grad, grad + p.span, scalar_t(0));
+  for (int64_t r = 0; r < g.height; ++r) {
+    std::copy(grad_out + r * g.width, grad_out + (r + 1) * g.width, grad + r * p.pitch);
+  }
+  int64_t offsets[K * K];
+  for (int kh = 0; kh < K; ++kh) {
+    for (int kw = 0; kw < K; ++kw) offsets[kh * K + kw] = kh * dilation * p.pitch + kw * dilation;
+  }
+  const scalar_t* padded = scratch.padded.data();
+  Vec sums[K * K];
+  for (int t = 0; t < K * K; ++t) sums[t] = Vec(scalar_t(0));
+  int64_t i = 0;
+  for (; i + Vec::size() <= p.span; i += Vec::size()) {
+    const Vec gv = Vec::loadu(grad + i);
+#pragma GCC unroll 64
+    for (int t = 0; t < K * K; ++t) sums[t] = at::vec::fmadd(gv, Vec::loadu(padded + i + offsets[t]), sums[t]);
+  }
+  for (int t = 0; t < K * K; ++t) {
+    scalar_t total = at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& b) { return a + b; }, sums[t]);
+    for (int64_t j = i; j < p.span; ++j) total += grad[j] * padded[j + offsets[t]];
+    acc[t] += static_cast<double>(total);
+  }
+}
+
+// Per-dtype entry points, each compiled for several ISAs (see cpu_clones.h).
+#define FASTNAS_CLONED_PLANE_KERNELS(scalar_t)                                                  \
+  FASTNAS_CPU_CLONES void forward_plane_cloned(const scalar_t* in, const scalar_t* w,           \
+                                               scalar_t bias, scalar_t* out,                    \
+                                               const PlaneGeometry& g, int64_t dilation) {      \
+    forward_plane<scalar_t>(in, w, bias, out, g, dilation);                                     \
+  }                                                                                             \
+  FASTNAS_CPU_CLONES void grad_input_plane_cloned(const scalar_t* grad_out, const scalar_t* w,  \
+                                                  scalar_t* grad_in, const PlaneGeometry& g,    \
+                                                  int64_t dilation) {                           \
+    grad_input_plane<scalar_t>(grad_out, w, grad_in, g, dilation);                              \
+  }                                                                                             \
+  FASTNAS_CPU_CLONES void grad_weight_plane_cloned(const scalar_t* grad_out, const scalar_t* in, \
+                                                   double* acc, const PlaneGeometry& g,         \
+                                                   int64_t dilation) {                          \
+    grad_weight_plane<scalar_t>(grad_out, in, acc, g, dilation);                                \
+  }
+FASTNAS_CLONED_PLANE_KERNELS(float)
+FASTNAS_CLONED_PLANE_KERNELS(double)
+#undef FASTNAS_CLONED_PLANE_KERNELS
+
+#define FASTNAS_CLONED_STRIDE1_KERNELS(scalar_t, K)                                                 \
+  FASTNAS_CPU_CLONES void forward_plane_s1_cloned(                                                  \
+      std::integral_constant<int, K>, const scalar_t* in, const scalar_t* w, scalar_t bias,         \
+      scalar_t* out, const PlaneGeometry& g, int64_t dilation, PlaneScratch<scalar_t>& scratch) {   \
+    forward_plane_s1<scalar_t, K>(in, w, bias, out, g, dilation, scratch);                          \
+  }                                                                                                 \
+  FASTNAS_CPU_CLONES void grad_input_plane_s1_cloned(                                               \
+      std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* w,                  \
+      scalar_t* grad_in, const PlaneGeometry& g, int64_t dilation,                                  \
+      PlaneScratch<scalar_t>& scratch) {                                                            \
+    grad_input_plane_s1<scalar_t, K>(grad_out, w, grad_in, g, dilation, scratch);                   \
+  }                                                                                                 \
+  FASTNAS_CPU_CLONES void grad_weight_plane_s1_cloned(                                              \
+      std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* in, double* acc,    \
+      const PlaneGeometry& g, int64_t dilation, PlaneScratch<scalar_t>& scratch) {                  \
+    grad_weight_plane_s1<scalar_t, K>(grad_out, in, acc, g, dilation, scratch);                     \
+  }
+FASTNAS_CLONED_STRIDE1_KERNELS(float, 3)
+FASTNAS_CLONED_STRIDE1_KERNELS(float, 5)
+FASTNAS_CLONED_STRIDE1_KERNELS(double, 3)
+FASTNAS_CLONED_STRIDE1_KERNELS(double, 5)
+#undef FASTNAS_CLONED_STRIDE1_KERNELS
+
+// Calls the stride-1 kernel for K = 3 or 5 and returns true, or returns false so the
+// caller takes the general path (other kernel sizes, or stride > 1).
+#define FASTNAS_TRY_STRIDE1(name, kernel_size, stride, ...)                       \
+  ((stride) == 1 && (kernel_size) == 3                                            \
+       ? (name(std::integral_constant<int, 3>{}, __VA_ARGS__), true)              \
+       : (stride) == 1 && (kernel_size) == 5                                      \
+             ? (name(std::integral_constant<int, 5>{}, __VA_ARGS__), true)        \
+             : false)
 
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                        at::IntArrayRef dilations, const c10::optional<at::Tensor>& bias_in,
@@ -124,12 +301,17 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t kk = geom.kernel_size * geom.kernel_size;
     at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+      PlaneScratch<scalar_t> scratch;
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % channels;
-        forward_plane<scalar_t>(xp + plane * geom.height * geom.width, wp + c * kk,
-                                bp ? bp[c] : scalar_t(0),
-                                op + plane * geom.out_height * geom.out_width, geom,
-                                dil[dilation_group_of(c, per_group)]);
+        const scalar_t* in = xp + plane * geom.height * geom.width;
+        scalar_t* out = op + plane * geom.out_height * geom.out_width;
+        const scalar_t bias = bp ? bp[c] : scalar_t(0);
+        const int64_t d = dil[dilation_group_of(c, per_group)];
+        if (!FASTNAS_TRY_STRIDE1(forward_plane_s1_cloned, geom.kernel_size, stride, in, wp + c * kk,
+                                 bias, out, geom, d, scratch)) {
+          forward_plane_cloned(in, wp + c * kk, bias, out, geom, d);
+        }
       }
     });
   });
@@ -154,11 +336,16 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
     scalar_t* ip = grad_in.data_ptr<scalar_t>();
     const int64_t kk = geom.kernel_size * geom.kernel_size;
     at::parallel_for(0, input_size[0] * channels, 1, [&](int64_t begin, int64_t end) {
+      PlaneScratch<scalar_t> scratch;
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % channels;
-        grad_input_plane<scalar_t>(gp + plane * geom.out_height * geom.out_width, wp + c * kk,
-                                   ip + plane * geom.height * geom.width, geom,
-                                   dil[dilation_group_of(c, per_group)]);
+        const scalar_t* grad = gp + plane * geom.out_height * geom.out_width;
+        scalar_t* grad_in = ip + plane * geom.height * geom.width;
+        const int64_t d = dil[dilation_group_of(c, per_group)];
+        if (!FASTNAS_TRY_STRIDE1(grad_input_plane_s1_cloned, geom.kernel_size, stride, grad,
+                                 wp + c * kk, grad_in, geom, d, scratch)) {
+          grad_input_plane_cloned(grad, wp + c * kk, grad_in, geom, d);
+        }
       }
     });
   });
@@ -182,12 +369,17 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
     double* ap = acc.data_ptr<double>();
     // Parallel over channels: each channel's K*K sums are owned by one thread.
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      PlaneScratch<scalar_t> scratch;
       for (int64_t c = begin; c < end; ++c) {
+        const int64_t d = dil[dilation_group_of(c, per_group)];
         for (int64_t n = 0; n < batch; ++n) {
           const int64_t plane = n * channels + c;
-          grad_weight_plane<scalar_t>(gp + plane * geom.out_height * geom.out_width,
-                                      xp + plane * geom.height * geom.width, ap + c * kk, geom,
-                                      dil[dilation_group_of(c, per_group)]);
+          const scalar_t* grad = gp + plane * geom.out_height * geom.out_width;
+          const scalar_t* in = xp + plane * geom.height * geom.width;
+          if (!FASTNAS_TRY_STRIDE1(grad_weight_plane_s1_cloned, kernel_size, stride, grad, in,
+                                   ap + c * kk, geom, d, scratch)) {
+            grad_weight_plane_cloned(grad, in, ap + c * kk, geom, d);
+          }
         }
       }
     });
