@@ -3,8 +3,6 @@
 // writes every candidate's gradient and accumulates the weight gradients in the same
 // pass; fixed-size chunks make the reduction order, and so the result, deterministic.
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -26,26 +24,38 @@ std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
 }
 
 // Returns sum_i grad[i] * out[i] over [begin, end) and, if out_grad is not null,
-// writes out_grad[i] = weight * grad[i] in the same pass. Vector accumulators break
-// the serial dependency a scalar running sum would have.
-template <typename scalar_t>
-FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out, scalar_t weight,
-                       scalar_t* out_grad, int64_t begin, int64_t end) {
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const Vec weight_vec(weight);
-  Vec acc(scalar_t(0));
+// writes out_grad[i] = weight * grad[i] in the same pass. kLanes independent partial
+// sums break the serial dependency of one running sum, so the compiler vectorises it.
+constexpr int kLanes = 16;
+
+template <typename scalar_t, bool kWriteGrad>
+FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale_impl(const scalar_t* grad, const scalar_t* out,
+                                                  scalar_t weight, scalar_t* out_grad,
+                                                  int64_t begin, int64_t end) {
+  scalar_t lanes[kLanes] = {};
   int64_t i = begin;
-  for (; i + Vec::size() <= end; i += Vec::size()) {
-    const Vec g = Vec::loadu(grad + i);
-    acc = at::vec::fmadd(g, Vec::loadu(out + i), acc);
-    if (out_grad != nullptr) (g * weight_vec).store(out_grad + i);
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      lanes[l] += grad[i + l] * out[i + l];
+      if constexpr (kWriteGrad) out_grad[i + l] = weight * grad[i + l];
+    }
   }
-  scalar_t tail = 0;
+  scalar_t total = 0;
   for (; i < end; ++i) {
-    tail += grad[i] * out[i];
-    if (out_grad != nullptr) out_grad[i] = weight * grad[i];
+    total += grad[i] * out[i];
+    if constexpr (kWriteGrad) out_grad[i] = weight * grad[i];
   }
-  return at::vec::vec_reduce_all<scalar_t>([](Vec& x, Vec& y) { return x + y; }, acc) + tail;
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out,
+                                             scalar_t weight, scalar_t* out_grad, int64_t begin,
+                                             int64_t end) {
+  return out_grad != nullptr
+             ? dot_and_scale_impl<scalar_t, true>(grad, out, weight, out_grad, begin, end)
+             : dot_and_scale_impl<scalar_t, false>(grad, out, weight, out_grad, begin, end);
 }
 
 // dst[i] (=|+=) weight * src[i] over [begin, end).
@@ -109,9 +119,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
   const int64_t numel = grad.numel();
   const int64_t num_chunks = (numel + kChunk - 1) / kChunk;
   const auto num_computed = static_cast<int64_t>(computed.size());
+  // One allocation for all candidate gradients: several separate ones freed together
+  // make glibc trim its heap, and every step then pays page faults on fresh memory.
   std::vector<at::Tensor> output_grads;
   if (need_output_grads) {
-    for (size_t j = 0; j < computed.size(); ++j) output_grads.push_back(at::empty_like(grad));
+    std::vector<int64_t> shape{num_computed};
+    shape.insert(shape.end(), grad.sizes().begin(), grad.sizes().end());
+    output_grads = at::empty(shape, grad.options()).unbind(0);
   }
   auto partial = at::zeros({num_chunks, num_computed}, grad.options().dtype(at::kDouble));
   const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
