@@ -172,3 +172,31 @@ def test_canas_training_step(benchmark, impl):
 
     _run(benchmark, step, {"op": "canas_step", "case": f"N{n} 32x32 dilated g1-8", "dtype": "torch.float32",
                            "mode": "fwdbwd", "impl": impl})
+
+
+@pytest.mark.parametrize("impl", ["fastnas", "eager"])
+def test_darts_search_step(benchmark, impl):
+    """One first-order DARTS step (alphas on a validation batch, then weights), batch 64,
+    C=16, 8 cells, 32x32."""
+    from fastnas.spaces.darts import DartsSupernet
+
+    torch.manual_seed(0)
+    model = DartsSupernet(16, 10, 8, fused=impl == "fastnas").to(DEVICE)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4)
+    n = _batch(64)
+    x = torch.randn(n, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (n,), device=DEVICE)
+
+    def step():
+        a_opt.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), model.arch_parameters())
+        for a, g in zip(model.arch_parameters(), grads):
+            a.grad = g
+        a_opt.step()
+        w_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        w_opt.step()
+
+    _run(benchmark, step, {"op": "darts_step", "case": f"N{n} C16 8 cells 32x32", "dtype": "torch.float32",
+                           "mode": "fwdbwd", "impl": impl})

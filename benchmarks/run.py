@@ -44,6 +44,8 @@ def measured_bandwidth() -> float:
 def goals(op: str, mode: str, on_cuda: bool) -> dict:
     if op == "canas_step":
         return {"eager": 1.3} if on_cuda else {}
+    if op == "darts_step":
+        return {"eager": 1.5} if on_cuda else {"eager": 1.2}
     if mode != "fwdbwd":
         return {}
     return {"eager": 2.0, "compile": 1.0} if on_cuda else {"eager": 1.0}
@@ -73,12 +75,14 @@ def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tup
             row["speedup_vs_compile"] = impls["compile"]["median_s"] / ours
         if bandwidth and mode == "fwd" and op in MEMORY_BOUND:
             row["bandwidth_fraction"] = impls["fastnas"]["bytes"] / ours / bandwidth
-        if "peak_memory_bytes" in impls["fastnas"] and op == "canas_step":
+        if "peak_memory_bytes" in impls["fastnas"] and op in ("canas_step", "darts_step"):
             row["peak_memory_ratio"] = impls["fastnas"]["peak_memory_bytes"] / impls["eager"]["peak_memory_bytes"]
         missed = [f"{name} < {need}x" for name, need in goals(op, mode, on_cuda).items()
                   if row.get(f"speedup_vs_{name}", need) < need]
         if row.get("bandwidth_fraction", 1.0) < 0.6:
             missed.append("bandwidth < 60%")
+        if op == "darts_step" and row.get("peak_memory_ratio", 0.0) > 0.75:
+            missed.append("peak memory > 0.75x")
         row["goals_missed"] = missed
         rows.append(row)
         line = (f"{op:<24} {case:<26} {dtype.replace('torch.', ''):<9} {mode:<7} {row['fastnas_ms']:8.3f}m "

@@ -1,8 +1,9 @@
 """The ``fastnas`` command: a thin layer over the library.
 
   fastnas search            CAS search on the bundled digits, scaled to minutes on a CPU
+  fastnas search --strategy darts-multilevel   multi-level DARTS with the entropy regulariser
   fastnas search --space nasbench201 --benchmark nats_bench.csv   strategies on the tabular oracle
-  fastnas train --arch runs/search/chosen.json   train the chosen architecture from scratch
+  fastnas train --arch runs/search/chosen.json   train the chosen architecture (or genotype.json)
 """
 
 import argparse
@@ -14,6 +15,7 @@ import torch
 
 from fastnas import data as data_module
 from fastnas.search.policies import STRATEGIES
+DARTS_STRATEGIES = ("darts", "darts-multilevel")
 from fastnas.search.rewards import CasSchedule
 
 # Seed 000's F range is for its 224x224 space (cheapest network ~83M); other variants
@@ -30,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = commands.add_parser("search", help="run an architecture search")
     s.add_argument("--space", choices=("canas", "nasbench201"), default="canas")
-    s.add_argument("--strategy", choices=STRATEGIES, default="cas")
+    s.add_argument("--strategy", choices=STRATEGIES + DARTS_STRATEGIES, default="cas")
     s.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
     s.add_argument("--data-root", help="folder holding (or receiving, with --download) the torchvision dataset")
     s.add_argument("--download", action="store_true", help="download the dataset into --data-root")
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--child-steps", type=int, help="shared-weight minibatches per step")
     s.add_argument("--controller-steps", type=int, default=1, help="controller updates per step")
     s.add_argument("--batch-size", type=int, default=128)
+    d = s.add_argument_group("DARTS (--strategy darts / darts-multilevel)")
+    d.add_argument("--epochs", type=int, help="search epochs (default 3 on the digits, 50 otherwise)")
+    d.add_argument("--steps-per-epoch", type=int, help="default: one pass over S_train (10 on the digits)")
+    d.add_argument("--channels", type=int, help="initial channels C (default 8 on the digits, 16 otherwise)")
+    d.add_argument("--layers", type=int, help="cells (default 5 on the digits, 8 otherwise)")
+    d.add_argument("--gamma", type=float, help="weight of the architecture entropy (default 1 multi-level, 0 darts)")
+    d.add_argument("--second-order", action="store_true", help="unrolled second-order DARTS")
     s.add_argument("--benchmark", help="NAS-Bench-201 table (CSV) for --space nasbench201")
     s.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10")
     s.add_argument("--budget", type=int, default=500, help="distinct queries of the tabular oracle")
@@ -65,9 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root")
     t.add_argument("--download", action="store_true")
     t.add_argument("--resize", type=int)
-    t.add_argument("--epochs", type=int, default=300)
-    t.add_argument("--lr", type=float, default=0.02)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=int, help="default 300 (CANAS protocol) or 600 (DARTS protocol)")
+    t.add_argument("--lr", type=float, help="default 0.02 (CANAS) or 0.025 (DARTS)")
+    t.add_argument("--batch-size", type=int, help="default 128 (CANAS) or 96 (DARTS)")
+    t.add_argument("--channels", type=int, default=36, help="C of a DARTS evaluation network")
+    t.add_argument("--layers", type=int, default=20, help="cells of a DARTS evaluation network")
     t.add_argument("--device", default="cpu")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
@@ -155,6 +166,50 @@ def _search_canas(args) -> int:
     return 0
 
 
+def _search_darts(args) -> int:
+    from fastnas.search import report
+    from fastnas.search.darts import DartsConfig, DartsSearch
+
+    device = _device(args.device)
+    out = _writable(args.out)
+    if not args.resume and (out / "checkpoint.pt").exists():
+        raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
+    demo = args.dataset == "digits"
+    multilevel = args.strategy == "darts-multilevel"
+    config = DartsConfig(
+        multilevel=multilevel, dataset=args.dataset,
+        channels=args.channels or (8 if demo else 16), layers=args.layers or (5 if demo else 8),
+        epochs=args.epochs or (3 if demo else 50),
+        steps_per_epoch=args.steps_per_epoch or (10 if demo else None),
+        batch_size=args.batch_size if args.batch_size != 128 else 64,
+        gamma=args.gamma if args.gamma is not None else (1.0 if multilevel else 0.0),
+        second_order=args.second_order, seed=args.seed,
+    )
+    config.validate()
+    splits = data_module.load(args.dataset, args.data_root, args.download)
+    search = DartsSearch(config, splits, out, device=device, fused=not args.plain)
+    if args.resume:
+        search.resume()
+    print(f"fastnas search: {'multi-level ' if multilevel else ''}DARTS ({'second' if config.second_order else 'first'}"
+          f" order, gamma={config.gamma}) on {args.dataset}: {config.layers} cells, C={config.channels}, "
+          f"{config.epochs} epochs x {search.steps_per_epoch} steps, device {device}, output {out}", flush=True)
+    with _progress(config.epochs * search.steps_per_epoch, search.epoch * search.steps_per_epoch, args.quiet) as bar:
+        def on_step(i, loss):
+            bar.set_postfix(epoch=search.epoch + 1, loss=f"{loss:.3f}", refresh=False)
+            bar.update(1)
+
+        def on_epoch(record):
+            skips = " ".join(f"{k}={v}" for k, v in record["skip_connect"].items())
+            bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.3f}, supernet accuracy "
+                      f"{100 * record['supernet_accuracy']:.1f}%, entropy {record['entropy']:.2f}, skip_connect {skips}")
+
+        genotype = search.run(on_step, on_epoch)
+    report.write_darts_results(out, search.history, genotype, config.to_dict())
+    print(f"derived genotype:\n{genotype}\nresults in {out}: genotype.json, history.json/.csv, curves.png, cells.png "
+          f"(train it: fastnas train --arch {out / 'genotype.json'})")
+    return 0
+
+
 def _search_tabular(args) -> int:
     from fastnas.search.tabular import tabular_search
     from fastnas.spaces.nasbench201 import TabularBenchmark
@@ -179,24 +234,26 @@ def _search_tabular(args) -> int:
 
 
 def _train(args) -> int:
-    from fastnas.train import TrainConfig, load_architecture, train_network
+    from fastnas.train import DARTS_TRAIN, TrainConfig, load_model_spec, train_network
 
     device = _device(args.device)
     out = _writable(args.out)
-    space, arch = load_architecture(args.arch)
+    spec = load_model_spec(args.arch, args.channels, args.layers)
+    options = dict(DARTS_TRAIN) if spec.is_genotype else {}
+    options.update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
+                    if v is not None})
+    config = TrainConfig(resize=args.resize, seed=args.seed, **options)
     splits = data_module.load(args.dataset, args.data_root, args.download)
-    model = space.build(arch)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, resize=args.resize,
-                         seed=args.seed)
-    print(f"fastnas train: {space.encode(arch)} on {args.dataset} for {config.epochs} epochs", flush=True)
+    model = spec.build(splits.num_classes, splits.in_channels)
+    print(f"fastnas train: {spec.description}\non {args.dataset} for {config.epochs} epochs", flush=True)
     with _progress(config.epochs, 0, args.quiet) as bar:
         def on_epoch(entry):
             bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.4f}", refresh=False)
             bar.update(1)
 
         result = train_network(model, splits, config, device, on_epoch)
-    torch.save({"arch": list(arch), "state_dict": model.state_dict()}, out / "model.pt")
-    (out / "train.json").write_text(json.dumps({"arch": list(arch), **result}, indent=1))
+    torch.save({"arch": str(args.arch), "state_dict": model.state_dict()}, out / "model.pt")
+    (out / "train.json").write_text(json.dumps({"arch": str(args.arch), **result}, indent=1))
     print(f"test accuracy {100 * result['test_accuracy']:.2f}%, {result['flops'] / 1e6:.2f}M MACs, "
           f"{result['params'] / 1e6:.3f}M params; model in {out / 'model.pt'}")
     return 0
@@ -209,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.space == "nasbench201":
             return _search_tabular(args)
+        if args.strategy in DARTS_STRATEGIES:
+            return _search_darts(args)
         return _search_canas(args)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"fastnas: error: {error}", file=sys.stderr)

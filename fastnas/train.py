@@ -14,6 +14,7 @@ from torch import nn
 from fastnas import data as data_module
 from fastnas.flops import count
 from fastnas.spaces.canas import CanasSpace
+from fastnas.spaces.darts import Genotype, NetworkCIFAR
 
 
 @dataclass
@@ -23,10 +24,51 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 2.5e-4
     batch_size: int = 128
-    restart_period: int = 10
+    restart_period: int | None = 10  # cosine with warm restarts; None: one cosine annealing
     min_lr: float = 5e-4
     resize: int | None = None
+    auxiliary_weight: float = 0.4  # for networks that return (logits, auxiliary logits)
+    drop_path_prob: float = 0.0  # raised linearly to this over training (DARTS networks)
+    cutout: int = 0  # side of the cutout square, 0 = off
+    grad_clip: float | None = None
     seed: int = 0
+
+
+# The DARTS evaluation protocol (Liu et al. 2019) for genotypes.
+DARTS_TRAIN = dict(lr=0.025, weight_decay=3e-4, batch_size=96, restart_period=None, min_lr=0.0,
+                   drop_path_prob=0.2, cutout=16, grad_clip=5.0, epochs=600)
+
+
+@dataclass
+class ModelSpec:
+    """What ``fastnas train`` builds: a CANAS architecture or a DARTS genotype."""
+
+    description: str
+    build: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> network
+    is_genotype: bool
+
+
+def load_model_spec(path: str | Path, darts_channels: int = 36, darts_layers: int = 20) -> ModelSpec:
+    """Reads chosen.json (CANAS search) or genotype.json (DARTS search)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--arch: {path} does not exist; pass the chosen.json or genotype.json a search wrote") from None
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--arch: {path} is not JSON ({error})") from None
+    if isinstance(content, dict) and "cells" in content:
+        genotype = Genotype.from_json(text)
+        return ModelSpec(
+            f"DARTS network (C={darts_channels}, {darts_layers} cells, auxiliary head) of\n{genotype}",
+            lambda classes, channels: NetworkCIFAR(darts_channels, classes, darts_layers, True, genotype,
+                                                   in_channels=channels),
+            True,
+        )
+    space, arch = load_architecture(path)
+    return ModelSpec(f"CANAS network {space.encode(arch)}", lambda classes, channels: space.build(arch), False)
 
 
 def space_from_spec(spec: dict) -> CanasSpace:
@@ -47,6 +89,17 @@ def load_architecture(path: str | Path) -> tuple[CanasSpace, tuple[int, ...]]:
         raise FileNotFoundError(f"--arch: {path} does not exist; pass the chosen.json a search wrote") from None
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise ValueError(f"--arch: {path} is not a chosen.json from fastnas search ({error})") from None
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zeroes one size x size square per image (DeVries & Taylor 2017), centred anywhere."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator).to(x.device)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator).to(x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = ((rows - cy).abs() <= size // 2) & ((cols - cx).abs() <= size // 2)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
 def evaluate(model: nn.Module, split: data_module.ImageSplit, dataset: str, device, resize=None,
@@ -73,18 +126,31 @@ def train_network(model: nn.Module, splits: data_module.DataSplits, config: Trai
                                      resize=config.resize, seed=config.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_period,
-                                                                     eta_min=config.min_lr)
+    if config.restart_period:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_period,
+                                                                         eta_min=config.min_lr)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.min_lr)
     steps_per_epoch = max(1, len(train_split) // loader.batch_size)
     history = []
     for epoch in range(config.epochs):
         model.train()
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
         total = 0.0
         for _ in range(steps_per_epoch):
             x, y = loader.next()
-            loss = F.cross_entropy(model(x), y)
+            if config.cutout:
+                x = cutout(x, config.cutout, loader.generator)
+            out = model(x)
+            if isinstance(out, tuple):  # (logits, auxiliary logits)
+                loss = F.cross_entropy(out[0], y) + config.auxiliary_weight * F.cross_entropy(out[1], y)
+            else:
+                loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             total += float(loss.detach())
         scheduler.step()

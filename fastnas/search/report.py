@@ -87,3 +87,81 @@ def summary(records: list[dict], chosen: dict, out_dir: str | Path) -> str:
         f"--arch {Path(out_dir) / 'chosen.json'})",
     ]
     return "\n".join(lines)
+
+
+# ---- DARTS -------------------------------------------------------------------------------
+DARTS_COLUMNS = ("epoch", "train_loss", "supernet_accuracy", "entropy")
+
+
+def write_darts_results(out_dir: str | Path, history: list[dict], genotype, config: dict) -> None:
+    """genotype.json (loadable by fastnas train), history.json/.csv, curves.png (skip
+    counts per cell set and architecture entropy per epoch) and cells.png."""
+    out = Path(out_dir)
+    (out / "genotype.json").write_text(genotype.to_json())
+    (out / "history.json").write_text(json.dumps({"config": config, "history": history}, indent=1))
+    keys = sorted(history[-1]["skip_connect"]) if history else []
+    with (out / "history.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*DARTS_COLUMNS, *(f"skip_{k}" for k in keys)])
+        for h in history:
+            writer.writerow([h[c] for c in DARTS_COLUMNS] + [h["skip_connect"][k] for k in keys])
+    plot_darts_curves(history, out / "curves.png")
+    draw_cells(genotype, out / "cells.png")
+
+
+def plot_darts_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted(history[0]["skip_connect"]) if history else []:
+        ax1.plot(epochs, [h["skip_connect"][key] for h in history], "-o", markersize=3, label=key)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("skip_connect in the derived cell")
+    ax1.set_title("skip connections per cell set")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [h["entropy"] for h in history], "-o", markersize=3, color="purple")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("architecture entropy")
+    ax2.set_title("L_entropy = -sum a ln a")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_cells(genotype, path: Path) -> None:
+    """Each derived cell as a graph: inputs c_{k-2}, c_{k-1}, nodes 0-3, output c_k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(genotype.cells)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(9, 2.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        pos = {0: (0, 1.0), 1: (0, -1.0), 2: (1.5, 1.2), 3: (3, -1.2), 4: (4.5, 1.2), 5: (6, -1.2), "out": (7.5, 0)}
+        names = {0: "c_{k-2}", 1: "c_{k-1}", 2: "0", 3: "1", 4: "2", 5: "3", "out": "c_{k}"}
+        for i, (op, src) in enumerate(genotype.cells[key]):
+            dst = 2 + i // 2
+            (x0, y0), (x1, y1) = pos[src], pos[dst]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="grey", lw=1))
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12 * (1 if i % 2 else -1), op, fontsize=7, ha="center",
+                    color="darkred" if op == "skip_connect" else "black")
+        for node in genotype.concat:
+            (x0, y0), (x1, y1) = pos[node], pos["out"]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="lightblue", lw=1))
+        for node, (x, y) in pos.items():
+            ax.text(x, y, names[node], ha="center", va="center", fontsize=8,
+                    bbox=dict(boxstyle="round", fc="lightyellow" if isinstance(node, int) and node >= 2 else "lightblue"))
+        ax.set_title(key, fontsize=10)
+        ax.set_xlim(-0.7, 8.2)
+        ax.set_ylim(-1.8, 1.8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
