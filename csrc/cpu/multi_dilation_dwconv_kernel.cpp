@@ -124,24 +124,28 @@ FASTNAS_ALWAYS_INLINE void pad_plane(const scalar_t* src, const PlaneGeometry& g
   }
 }
 
-// result[i] = bias + sum_t taps[t] * padded[i + offset(t)], i in [0, span).
+// result[i] = bias + sum_t taps[t] * padded[i + offset(t)], i in [0, span). One pass per
+// kernel row with the row's K taps unrolled: few enough live values for the compiler to
+// vectorise over i (all K*K taps in one body defeats it from K = 5 on).
 template <typename scalar_t, int K>
 FASTNAS_ALWAYS_INLINE void correlate_padded(const scalar_t* padded, const scalar_t* taps,
                                             scalar_t bias, int64_t dilation,
                                             const PaddedGeometry& p, scalar_t* result) {
-  int64_t offsets[K * K];
-  scalar_t w[K * K];
+  std::fill(result, result + p.span, bias);
   for (int kh = 0; kh < K; ++kh) {
+    const scalar_t* row = padded + kh * dilation * p.pitch;
+    scalar_t w[K];
+    const scalar_t* src[K];
     for (int kw = 0; kw < K; ++kw) {
-      offsets[kh * K + kw] = kh * dilation * p.pitch + kw * dilation;
-      w[kh * K + kw] = taps[kh * K + kw];
+      w[kw] = taps[kh * K + kw];
+      src[kw] = row + kw * dilation;
     }
-  }
-  for (int64_t i = 0; i < p.span; ++i) {
-    scalar_t acc = bias;
-#pragma GCC unroll 64
-    for (int t = 0; t < K * K; ++t) acc += w[t] * padded[i + offsets[t]];
-    result[i] = acc;
+    for (int64_t i = 0; i < p.span; ++i) {
+      scalar_t acc = result[i];
+#pragma GCC unroll 8
+      for (int kw = 0; kw < K; ++kw) acc += w[kw] * src[kw][i];
+      result[i] = acc;
+    }
   }
 }
 
@@ -156,7 +160,7 @@ FASTNAS_ALWAYS_INLINE void unpitch(const scalar_t* pitched, const PlaneGeometry&
 // Scratch of one plane: the padded input and the pitched result.
 template <typename scalar_t>
 struct PlaneScratch {
-  std::vector<scalar_t> padded, pitched;
+  std::vector<scalar_t> padded, pitched, full;
   void reserve(const PaddedGeometry& p) {
     if (static_cast<int64_t>(padded.size()) < p.padded_size) padded.resize(p.padded_size);
     if (static_cast<int64_t>(pitched.size()) < p.padded_size) pitched.resize(p.padded_size);
@@ -186,12 +190,13 @@ FASTNAS_ALWAYS_INLINE void grad_input_plane_s1(const scalar_t* grad_out, const s
 }
 
 // acc[t] += sum_i grad[i] * padded_in[i + offset(t)], grad laid out in the row pitch with
-// zeros in the dropped columns; all K*K sums in one pass with vector accumulators.
+// zeros in the dropped columns; kLanes partial sums per tap so the compiler vectorises.
+constexpr int kLanes = 16;
+
 template <typename scalar_t, int K>
 FASTNAS_ALWAYS_INLINE void grad_weight_plane_s1(const scalar_t* grad_out, const scalar_t* in,
                                                 double* acc, const PlaneGeometry& g,
                                                 int64_t dilation, PlaneScratch<scalar_t>& scratch) {
-  using Vec = at::vec::Vectorized<scalar_t>;
   const PaddedGeometry p = padded_geometry(g, dilation);
   scratch.reserve(p);
   pad_plane(in, g, p, scratch.padded.data());
@@ -200,24 +205,78 @@ FASTNAS_ALWAYS_INLINE void grad_weight_plane_s1(const scalar_t* grad_out, const 
   for (int64_t r = 0; r < g.height; ++r) {
     std::copy(grad_out + r * g.width, grad_out + (r + 1) * g.width, grad + r * p.pitch);
   }
-  int64_t offsets[K * K];
   for (int kh = 0; kh < K; ++kh) {
-    for (int kw = 0; kw < K; ++kw) offsets[kh * K + kw] = kh * dilation * p.pitch + kw * dilation;
+    for (int kw = 0; kw < K; ++kw) {
+      const scalar_t* src = scratch.padded.data() + kh * dilation * p.pitch + kw * dilation;
+      scalar_t lanes[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= p.span; i += kLanes) {
+        for (int l = 0; l < kLanes; ++l) lanes[l] += grad[i + l] * src[i + l];
+      }
+      scalar_t total = 0;
+      for (; i < p.span; ++i) total += grad[i] * src[i];
+      for (int l = 0; l < kLanes; ++l) total += lanes[l];
+      acc[kh * K + kw] += static_cast<double>(total);
+    }
   }
-  const scalar_t* padded = scratch.padded.data();
-  Vec sums[K * K];
-  for (int t = 0; t < K * K; ++t) sums[t] = Vec(scalar_t(0));
-  int64_t i = 0;
-  for (; i + Vec::size() <= p.span; i += Vec::size()) {
-    const Vec gv = Vec::loadu(grad + i);
-#pragma GCC unroll 64
-    for (int t = 0; t < K * K; ++t) sums[t] = at::vec::fmadd(gv, Vec::loadu(padded + i + offsets[t]), sums[t]);
+}
+
+// ---- any stride through the stride-1 kernels ----------------------------------------------
+// With same padding, output (oh, ow) at stride s equals the stride-1 output at (oh*s, ow*s):
+// the forward subsamples a full-resolution correlation, and the backward passes spread the
+// output gradient onto the full-resolution grid (zeros between). That does s*s times the
+// arithmetic of a direct strided kernel, but in long vectorised runs, which is faster.
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE PlaneGeometry full_resolution(const PlaneGeometry& g) {
+  PlaneGeometry full = g;
+  full.out_height = g.height;
+  full.out_width = g.width;
+  full.stride = 1;
+  return full;
+}
+
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE const scalar_t* spread_gradient(const scalar_t* grad_out, const PlaneGeometry& g,
+                                                      PlaneScratch<scalar_t>& scratch) {
+  scratch.full.assign(g.height * g.width, scalar_t(0));
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    for (int64_t ow = 0; ow < g.out_width; ++ow) {
+      scratch.full[oh * g.stride * g.width + ow * g.stride] = grad_out[oh * g.out_width + ow];
+    }
   }
-  for (int t = 0; t < K * K; ++t) {
-    scalar_t total = at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& b) { return a + b; }, sums[t]);
-    for (int64_t j = i; j < p.span; ++j) total += grad[j] * padded[j + offsets[t]];
-    acc[t] += static_cast<double>(total);
+  return scratch.full.data();
+}
+
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void forward_plane_unrolled(const scalar_t* in, const scalar_t* w, scalar_t bias,
+                                                  scalar_t* out, const PlaneGeometry& g, int64_t dilation,
+                                                  PlaneScratch<scalar_t>& scratch) {
+  if (g.stride == 1) return forward_plane_s1<scalar_t, K>(in, w, bias, out, g, dilation, scratch);
+  scratch.full.resize(g.height * g.width);
+  forward_plane_s1<scalar_t, K>(in, w, bias, scratch.full.data(), full_resolution<scalar_t>(g), dilation, scratch);
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    for (int64_t ow = 0; ow < g.out_width; ++ow) {
+      out[oh * g.out_width + ow] = scratch.full[oh * g.stride * g.width + ow * g.stride];
+    }
   }
+}
+
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void grad_input_plane_unrolled(const scalar_t* grad_out, const scalar_t* w,
+                                                     scalar_t* grad_in, const PlaneGeometry& g,
+                                                     int64_t dilation, PlaneScratch<scalar_t>& scratch) {
+  if (g.stride == 1) return grad_input_plane_s1<scalar_t, K>(grad_out, w, grad_in, g, dilation, scratch);
+  const scalar_t* spread = spread_gradient(grad_out, g, scratch);
+  grad_input_plane_s1<scalar_t, K>(spread, w, grad_in, full_resolution<scalar_t>(g), dilation, scratch);
+}
+
+template <typename scalar_t, int K>
+FASTNAS_ALWAYS_INLINE void grad_weight_plane_unrolled(const scalar_t* grad_out, const scalar_t* in,
+                                                      double* acc, const PlaneGeometry& g,
+                                                      int64_t dilation, PlaneScratch<scalar_t>& scratch) {
+  if (g.stride == 1) return grad_weight_plane_s1<scalar_t, K>(grad_out, in, acc, g, dilation, scratch);
+  const scalar_t* spread = spread_gradient(grad_out, g, scratch);
+  grad_weight_plane_s1<scalar_t, K>(spread, in, acc, full_resolution<scalar_t>(g), dilation, scratch);
 }
 
 // Per-dtype entry points, each compiled for several ISAs (see cpu_clones.h).
@@ -241,37 +300,38 @@ FASTNAS_CLONED_PLANE_KERNELS(float)
 FASTNAS_CLONED_PLANE_KERNELS(double)
 #undef FASTNAS_CLONED_PLANE_KERNELS
 
-#define FASTNAS_CLONED_STRIDE1_KERNELS(scalar_t, K)                                                 \
-  FASTNAS_CPU_CLONES void forward_plane_s1_cloned(                                                  \
+#define FASTNAS_CLONED_UNROLLED_KERNELS(scalar_t, K)                                                 \
+  FASTNAS_CPU_CLONES void forward_plane_unrolled_cloned(                                                  \
       std::integral_constant<int, K>, const scalar_t* in, const scalar_t* w, scalar_t bias,         \
       scalar_t* out, const PlaneGeometry& g, int64_t dilation, PlaneScratch<scalar_t>& scratch) {   \
-    forward_plane_s1<scalar_t, K>(in, w, bias, out, g, dilation, scratch);                          \
+    forward_plane_unrolled<scalar_t, K>(in, w, bias, out, g, dilation, scratch);                    \
   }                                                                                                 \
-  FASTNAS_CPU_CLONES void grad_input_plane_s1_cloned(                                               \
+  FASTNAS_CPU_CLONES void grad_input_plane_unrolled_cloned(                                               \
       std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* w,                  \
       scalar_t* grad_in, const PlaneGeometry& g, int64_t dilation,                                  \
       PlaneScratch<scalar_t>& scratch) {                                                            \
-    grad_input_plane_s1<scalar_t, K>(grad_out, w, grad_in, g, dilation, scratch);                   \
+    grad_input_plane_unrolled<scalar_t, K>(grad_out, w, grad_in, g, dilation, scratch);             \
   }                                                                                                 \
-  FASTNAS_CPU_CLONES void grad_weight_plane_s1_cloned(                                              \
+  FASTNAS_CPU_CLONES void grad_weight_plane_unrolled_cloned(                                              \
       std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* in, double* acc,    \
       const PlaneGeometry& g, int64_t dilation, PlaneScratch<scalar_t>& scratch) {                  \
-    grad_weight_plane_s1<scalar_t, K>(grad_out, in, acc, g, dilation, scratch);                     \
+    grad_weight_plane_unrolled<scalar_t, K>(grad_out, in, acc, g, dilation, scratch);               \
   }
-FASTNAS_CLONED_STRIDE1_KERNELS(float, 3)
-FASTNAS_CLONED_STRIDE1_KERNELS(float, 5)
-FASTNAS_CLONED_STRIDE1_KERNELS(double, 3)
-FASTNAS_CLONED_STRIDE1_KERNELS(double, 5)
-#undef FASTNAS_CLONED_STRIDE1_KERNELS
+FASTNAS_CLONED_UNROLLED_KERNELS(float, 3)
+FASTNAS_CLONED_UNROLLED_KERNELS(float, 5)
+FASTNAS_CLONED_UNROLLED_KERNELS(float, 7)
+FASTNAS_CLONED_UNROLLED_KERNELS(double, 3)
+FASTNAS_CLONED_UNROLLED_KERNELS(double, 5)
+FASTNAS_CLONED_UNROLLED_KERNELS(double, 7)
+#undef FASTNAS_CLONED_UNROLLED_KERNELS
 
-// Calls the stride-1 kernel for K = 3 or 5 and returns true, or returns false so the
-// caller takes the general path (other kernel sizes, or stride > 1).
-#define FASTNAS_TRY_STRIDE1(name, kernel_size, stride, ...)                       \
-  ((stride) == 1 && (kernel_size) == 3                                            \
-       ? (name(std::integral_constant<int, 3>{}, __VA_ARGS__), true)              \
-       : (stride) == 1 && (kernel_size) == 5                                      \
-             ? (name(std::integral_constant<int, 5>{}, __VA_ARGS__), true)        \
-             : false)
+// Calls the unrolled kernel for K = 3, 5 or 7 and returns true, or returns false so the
+// caller takes the general path (other kernel sizes).
+#define FASTNAS_TRY_UNROLLED(name, kernel_size, ...)                                     \
+  ((kernel_size) == 3   ? (name(std::integral_constant<int, 3>{}, __VA_ARGS__), true)    \
+   : (kernel_size) == 5 ? (name(std::integral_constant<int, 5>{}, __VA_ARGS__), true)    \
+   : (kernel_size) == 7 ? (name(std::integral_constant<int, 7>{}, __VA_ARGS__), true)    \
+                        : false)
 
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                        at::IntArrayRef dilations, const c10::optional<at::Tensor>& bias_in,
@@ -308,7 +368,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
         scalar_t* out = op + plane * geom.out_height * geom.out_width;
         const scalar_t bias = bp ? bp[c] : scalar_t(0);
         const int64_t d = dil[dilation_group_of(c, per_group)];
-        if (!FASTNAS_TRY_STRIDE1(forward_plane_s1_cloned, geom.kernel_size, stride, in, wp + c * kk,
+        if (!FASTNAS_TRY_UNROLLED(forward_plane_unrolled_cloned, geom.kernel_size, in, wp + c * kk,
                                  bias, out, geom, d, scratch)) {
           forward_plane_cloned(in, wp + c * kk, bias, out, geom, d);
         }
@@ -342,7 +402,7 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
         const scalar_t* grad = gp + plane * geom.out_height * geom.out_width;
         scalar_t* grad_in = ip + plane * geom.height * geom.width;
         const int64_t d = dil[dilation_group_of(c, per_group)];
-        if (!FASTNAS_TRY_STRIDE1(grad_input_plane_s1_cloned, geom.kernel_size, stride, grad,
+        if (!FASTNAS_TRY_UNROLLED(grad_input_plane_unrolled_cloned, geom.kernel_size, grad,
                                  wp + c * kk, grad_in, geom, d, scratch)) {
           grad_input_plane_cloned(grad, wp + c * kk, grad_in, geom, d);
         }
@@ -376,7 +436,7 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
           const int64_t plane = n * channels + c;
           const scalar_t* grad = gp + plane * geom.out_height * geom.out_width;
           const scalar_t* in = xp + plane * geom.height * geom.width;
-          if (!FASTNAS_TRY_STRIDE1(grad_weight_plane_s1_cloned, kernel_size, stride, grad, in,
+          if (!FASTNAS_TRY_UNROLLED(grad_weight_plane_unrolled_cloned, kernel_size, grad, in,
                                    ap + c * kk, geom, d, scratch)) {
             grad_weight_plane_cloned(grad, in, ap + c * kk, geom, d);
           }
