@@ -4,6 +4,7 @@
   fastnas search --strategy darts-multilevel   multi-level DARTS with the entropy regulariser
   fastnas search --space nasbench201 --benchmark nats_bench.csv   strategies on the tabular oracle
   fastnas train --arch runs/search/chosen.json   train the chosen architecture (or genotype.json)
+  fastnas export --arch runs/search/chosen.json --weights runs/train/model.pt   ONNX for deployment
 """
 
 import argparse
@@ -83,7 +84,34 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
+    e = commands.add_parser("export", help="export a searched (and trained) network to ONNX")
+    e.add_argument("--arch", required=True, help="chosen.json or genotype.json")
+    e.add_argument("--weights", help="model.pt written by fastnas train (default: untrained weights)")
+    e.add_argument("--dataset", choices=data_module.DATASETS, default="digits",
+                   help="sets the input shape and number of classes")
+    e.add_argument("--channels", type=int, default=36)
+    e.add_argument("--layers", type=int, default=20)
+    e.add_argument("--out", default="runs/model.onnx")
     return parser
+
+
+INPUT_SHAPES = {"digits": (1, 28, 10), "mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
+
+
+def _export(args) -> int:
+    from fastnas.export import export_onnx
+    from fastnas.train import load_model_spec
+
+    spec = load_model_spec(args.arch, args.channels, args.layers)
+    channels, size, classes = INPUT_SHAPES[args.dataset]
+    model = spec.build(classes, channels)
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=False)["state_dict"])
+    out = Path(args.out)
+    _writable(str(out.parent))
+    export_onnx(model, torch.zeros(1, channels, size, size), out)
+    print(f"exported {spec.description.splitlines()[0]} to {out} (plain torch.nn ops, dynamic batch)")
+    return 0
 
 
 def _device(name: str) -> torch.device:
@@ -264,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "export":
+            return _export(args)
         if args.space == "nasbench201":
             return _search_tabular(args)
         if args.strategy in DARTS_STRATEGIES:
