@@ -32,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     s = commands.add_parser("search", help="run an architecture search")
-    s.add_argument("--space", choices=("canas", "nasbench201"), default="canas")
-    s.add_argument("--strategy", choices=STRATEGIES + DARTS_STRATEGIES, default="cas")
+    s.add_argument("--space", choices=("canas", "enas_chain", "nasbench201"), default="canas")
+    s.add_argument("--strategy", choices=STRATEGIES + DARTS_STRATEGIES,
+                   help="default: cas (enas on --space enas_chain)")
     s.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
     s.add_argument("--data-root", help="folder holding (or receiving, with --download) the torchvision dataset")
     s.add_argument("--download", action="store_true", help="download the dataset into --data-root")
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--child-steps", type=int, help="shared-weight minibatches per step")
     s.add_argument("--controller-steps", type=int, default=1, help="controller updates per step")
     s.add_argument("--batch-size", type=int, default=128)
+    c = s.add_argument_group("ENAS chain space (--space enas_chain, seed 003)")
+    c.add_argument("--chain-channels", type=int, default=32)
+    c.add_argument("--final-samples", type=int, default=10,
+                   help="after the search, sample m architectures, keep the best on validation, fine-tune it")
+    c.add_argument("--finetune-epochs", type=int, default=2)
     d = s.add_argument_group("DARTS (--strategy darts / darts-multilevel)")
     d.add_argument("--epochs", type=int, help="search epochs (default 3 on the digits, 50 otherwise)")
     d.add_argument("--steps-per-epoch", type=int, help="default: one pass over S_train (10 on the digits)")
@@ -139,22 +145,34 @@ def _progress(total: int, initial: int, quiet: bool):
     return tqdm(total=total, initial=initial, disable=quiet, unit="step", dynamic_ncols=True)
 
 
-def _search_canas(args) -> int:
+def _search_weight_sharing(args) -> int:
     from fastnas.search import report
     from fastnas.search.weight_sharing import SearchConfig, WeightSharingSearch
     from fastnas.spaces.canas import CanasSpace
+    from fastnas.spaces.enas_chain import EnasChainSpace
+    from fastnas.train import TrainConfig
 
     device = _device(args.device)
     out = _writable(args.out)
     demo = args.dataset == "digits"
+    strategy = args.strategy or ("enas" if args.space == "enas_chain" else "cas")
+    in_channels, size, num_classes = INPUT_SHAPES[args.dataset]
     variant = args.variant or DEFAULT_VARIANT[args.dataset]
-    num_classes = 100 if args.dataset == "cifar100" else 10
-    space = CanasSpace(variant, num_classes=num_classes, width_mult=args.width_mult)
-    if variant == "imagenet" and args.width_mult == 1.0:
-        f_min, f_max = PAPER_F_RANGE
+    if args.space == "canas":
+        space = CanasSpace(variant, num_classes=num_classes, width_mult=args.width_mult)
+        space_spec = {"name": "canas", "variant": variant, "num_classes": num_classes, "width_mult": args.width_mult}
+        if variant == "imagenet" and args.width_mult == 1.0:
+            f_min, f_max = PAPER_F_RANGE
+        else:
+            floor = space.flops(space.cheapest())
+            f_min, f_max = (r / PAPER_FLOOR * floor for r in PAPER_F_RANGE)
+        description = f"the CANAS space ({variant}, {len(space.decisions)} layers x 8 units)"
     else:
-        floor = space.flops(space.cheapest())
-        f_min, f_max = (r / PAPER_FLOOR * floor for r in PAPER_F_RANGE)
+        space = EnasChainSpace(args.chain_channels, num_classes, in_channels, size)
+        space_spec = {"name": "enas_chain", "channels": args.chain_channels, "num_classes": num_classes,
+                      "in_channels": in_channels, "input_size": size}
+        f_min, f_max = space.flops(space.cheapest()), space.flops(space.costliest())
+        description = f"the ENAS chain space ({space.size():.1e} architectures)"
     f_min = args.f_min if args.f_min is not None else f_min
     f_max = args.f_max if args.f_max is not None else f_max
     steps = args.steps or ((10, 20, 30) if demo else (50, 50, 200))
@@ -162,10 +180,10 @@ def _search_canas(args) -> int:
                            n_warm=steps[0], n_slow=steps[1], n_fast=steps[2],
                            anneal_alpha=args.alpha, fast_lambda=args.fast_lambda)
     config = SearchConfig(
-        strategy=args.strategy, dataset=args.dataset, variant=variant, width_mult=args.width_mult,
+        space=args.space, strategy=strategy, dataset=args.dataset, variant=variant, width_mult=args.width_mult,
         resize=args.resize, schedule=schedule, sms_target=args.sms_target,
         child_steps=args.child_steps or (10 if demo else 50), controller_steps=args.controller_steps,
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, chain_channels=args.chain_channels, seed=args.seed,
     )
     if not args.resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
@@ -175,10 +193,8 @@ def _search_canas(args) -> int:
         search.resume()
     else:
         (out / "records.jsonl").unlink(missing_ok=True)
-    space_spec = {"name": "canas", "variant": variant, "num_classes": num_classes, "width_mult": args.width_mult}
-    print(f"fastnas search: {args.strategy} over the CANAS space ({variant}, {len(space.decisions)} layers x 8 "
-          f"units) on {args.dataset}, F in [{f_min / 1e6:.2f}M, {f_max / 1e6:.2f}M], "
-          f"{schedule.total_steps} steps, device {device}, output {out}", flush=True)
+    print(f"fastnas search: {strategy} over {description} on {args.dataset}, F in [{f_min / 1e6:.2f}M, "
+          f"{f_max / 1e6:.2f}M], {schedule.total_steps} steps, device {device}, output {out}", flush=True)
     best = max((r["acc_valid"] for r in search.records), default=0.0)
     with _progress(schedule.total_steps, search.step, args.quiet) as bar:
         def on_step(record):
@@ -191,6 +207,15 @@ def _search_canas(args) -> int:
         records = search.run(on_step)
     chosen = report.write_results(out, records, config.to_dict(), space_spec, (f_min, f_max))
     print(report.summary(records, chosen, out))
+    if args.space == "enas_chain" and args.final_samples > 0:
+        final = search.select_and_finetune(args.final_samples, TrainConfig(epochs=args.finetune_epochs))
+        network = final.pop("network")
+        torch.save({"arch": final["arch"], "state_dict": network.state_dict()}, out / "final_model.pt")
+        (out / "final.json").write_text(json.dumps({"space": space_spec, **final}, indent=1))
+        print(f"final step: best of {final['candidates']} sampled architectures on validation "
+              f"({100 * final['acc_valid_shared']:.1f}% with shared weights), fine-tuned {args.finetune_epochs} "
+              f"epochs: test {100 * final['test_accuracy']:.1f}%, {final['flops'] / 1e6:.2f}M MACs\n"
+              f"  {final['encoding']}\n  saved final.json and final_model.pt")
     return 0
 
 
@@ -247,7 +272,10 @@ def _search_tabular(args) -> int:
     out = _writable(args.out)
     benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
     results = {}
-    for strategy in (args.strategy, "random") if args.strategy != "random" else ("random",):
+    strategy_choice = args.strategy or "cas"
+    if strategy_choice in DARTS_STRATEGIES:
+        raise ValueError("--space nasbench201 runs the REINFORCE strategies and random search, not DARTS")
+    for strategy in (strategy_choice, "random") if strategy_choice != "random" else ("random",):
         result = tabular_search(benchmark, strategy, budget=args.budget, seed=args.seed)
         results[strategy] = result
         print(f"{strategy:>6}: {result.queries} queries ({100 * result.queries / len(benchmark):.1f}% of "
@@ -298,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             return _search_tabular(args)
         if args.strategy in DARTS_STRATEGIES:
             return _search_darts(args)
-        return _search_canas(args)
+        return _search_weight_sharing(args)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"fastnas: error: {error}", file=sys.stderr)
         return 2

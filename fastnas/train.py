@@ -15,6 +15,7 @@ from fastnas import data as data_module
 from fastnas.flops import count
 from fastnas.spaces.canas import CanasSpace
 from fastnas.spaces.darts import Genotype, NetworkCIFAR
+from fastnas.spaces.enas_chain import EnasChainSpace
 
 
 @dataclass
@@ -68,17 +69,19 @@ def load_model_spec(path: str | Path, darts_channels: int = 36, darts_layers: in
             True,
         )
     space, arch = load_architecture(path)
-    return ModelSpec(f"CANAS network {space.encode(arch)}", lambda classes, channels: space.build(arch), False)
+    return ModelSpec(f"{space.name} network {space.encode(arch)}", lambda classes, channels: space.build(arch), False)
 
 
-def space_from_spec(spec: dict) -> CanasSpace:
+def space_from_spec(spec: dict):
     """The space described by a chosen.json's "space" entry."""
-    if spec.get("name") != "canas":
-        raise ValueError(f"fastnas train builds CANAS architectures; the file describes space {spec.get('name')!r}")
-    return CanasSpace(spec["variant"], num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0))
+    if spec.get("name") == "canas":
+        return CanasSpace(spec["variant"], num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0))
+    if spec.get("name") == "enas_chain":
+        return EnasChainSpace(spec["channels"], spec["num_classes"], spec["in_channels"], spec["input_size"])
+    raise ValueError(f"fastnas train builds CANAS or ENAS-chain architectures, not space {spec.get('name')!r}")
 
 
-def load_architecture(path: str | Path) -> tuple[CanasSpace, tuple[int, ...]]:
+def load_architecture(path: str | Path):
     """Reads a chosen.json written by ``fastnas search``."""
     path = Path(path)
     try:

@@ -236,3 +236,15 @@ def test_cli_refuses_unwritable_output_and_existing_search(tmp_path, capsys):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     assert cli.main(["search", "--out", str(tmp_path / "run")]) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_enas_chain_search_and_final_step(tmp_path):
+    from fastnas.train import TrainConfig
+
+    splits = data.load("digits")
+    search = WeightSharingSearch(_tiny_config(space="enas_chain", strategy="enas", chain_channels=4), splits, tmp_path)
+    records = search.run()
+    assert len(records) == 5 and all(len(r["arch"]) == 21 for r in records)
+    final = search.select_and_finetune(3, TrainConfig(epochs=1, batch_size=64))
+    assert final["candidates"] <= 3 and 0.0 <= final["test_accuracy"] <= 1.0
+    assert final["flops"] == search.space.flops(final["arch"])

@@ -135,3 +135,21 @@ def test_tabular_benchmark_full_table():
     assert len(bench) == 15625
     # The best CIFAR-10 cell of NAS-Bench-201 reaches 94.37%.
     assert round(max(bench.accuracy.values()), 2) == 94.37
+
+
+def test_enas_chain_space_size_decoding_and_costs():
+    from fastnas.spaces.enas_chain import EnasChainSpace, decode
+
+    space = EnasChainSpace(channels=8, num_classes=10, in_channels=1, input_size=12)
+    # seed 003: 5^6 * 2^15 architectures
+    assert space.size() == 5 ** 6 * 2 ** 15
+    arch = space.validate([1, 4, 0, 2, 1, 1, 3, 0, 1, 0, 0, 0, 0, 1, 1, 2, 1, 1, 1, 1, 1])
+    nodes = decode(arch)
+    assert nodes[0] == (1, []) and nodes[1] == (4, []) and nodes[2] == (2, [0, 1])
+    assert nodes[5] == (2, [0, 1, 2, 3, 4])
+    assert "2:avg_pool" in space.encode(arch)
+    counts = count(space.build(arch), torch.zeros(1, 1, 12, 12))
+    assert (space.flops(arch), space.params(arch)) == (counts.macs, counts.params)
+    supernet = space.supernet().eval()
+    x = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(supernet(x, arch), supernet.extract(arch).eval()(x))

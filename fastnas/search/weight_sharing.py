@@ -24,6 +24,7 @@ from fastnas import data as data_module
 from fastnas.search.policies import RewardFunction, make_policy
 from fastnas.search.rewards import CasSchedule
 from fastnas.spaces.canas import CanasSpace
+from fastnas.spaces.enas_chain import EnasChainSpace
 
 CHECKPOINT = "checkpoint.pt"
 RECORDS = "records.jsonl"
@@ -31,6 +32,7 @@ RECORDS = "records.jsonl"
 
 @dataclass
 class SearchConfig:
+    space: str = "canas"  # or "enas_chain"
     strategy: str = "cas"
     dataset: str = "digits"
     variant: str = "mnist"
@@ -51,6 +53,7 @@ class SearchConfig:
     batch_size: int = 128
     grad_clip: float = 5.0
     eval_batches: int = 4  # batches of each of the validation and test splits per record
+    chain_channels: int = 32  # enas_chain only
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -89,6 +92,21 @@ def batch_statistics(model: nn.Module):
             m.momentum = momentum
 
 
+def make_space(config: SearchConfig, splits: data_module.DataSplits):
+    """The weight-sharing space a config names, shaped for the dataset."""
+    if config.space == "enas_chain":
+        return EnasChainSpace(config.chain_channels, splits.num_classes, splits.in_channels, splits.image_size)
+    if config.space != "canas":
+        raise ValueError(f"unknown weight-sharing space {config.space!r}; choose canas or enas_chain")
+    space = CanasSpace(config.variant, num_classes=splits.num_classes, width_mult=config.width_mult)
+    if splits.in_channels != space.layout.in_channels:
+        raise ValueError(
+            f"dataset {splits.name} has {splits.in_channels} input channels but the {config.variant} variant "
+            f"expects {space.layout.in_channels}; pick a matching --variant"
+        )
+    return space
+
+
 def path_accuracy(supernet, arch, batches) -> float:
     correct = total = 0
     with torch.no_grad(), batch_statistics(supernet):
@@ -114,14 +132,7 @@ class WeightSharingSearch:
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.splits = splits
-        self.space = CanasSpace(config.variant, num_classes=splits.num_classes, width_mult=config.width_mult,
-                                macro=None)
-        expected_channels = self.space.layout.in_channels
-        if splits.in_channels != expected_channels:
-            raise ValueError(
-                f"dataset {splits.name} has {splits.in_channels} input channels but the "
-                f"{config.variant} variant expects {expected_channels}; pick a matching --variant"
-            )
+        self.space = make_space(config, splits)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.supernet = self.space.supernet(fused=fused).to(self.device)
@@ -232,6 +243,28 @@ class WeightSharingSearch:
             "train_loss": loss,
             "reward": reward,
         }
+
+    def select_and_finetune(self, samples: int, train_config) -> dict:
+        """Seed 003's last step: sample ``samples`` architectures from the trained
+        controller, keep the best on the validation split, and fine-tune it (starting
+        from the shared weights) with ``train_config``."""
+        from fastnas.train import train_network
+
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        with torch.no_grad():
+            candidates = list(dict.fromkeys(self.policy.sample(samples).archs))
+        size, batches = self.config.batch_size, self.config.eval_batches
+        scored = [
+            (path_accuracy(self.supernet, arch, data_module.iterate(self.splits.valid, self.splits.name, size,
+                                                                     self.device, self.config.resize, batches)), arch)
+            for arch in candidates
+        ]
+        accuracy, best = max(scored, key=lambda s: s[0])
+        network = self.supernet.extract(best)
+        result = train_network(network, self.splits, train_config, self.device)
+        return {"arch": list(best), "encoding": self.space.encode(best), "acc_valid_shared": accuracy,
+                "candidates": len(candidates), **result, "network": network}
 
     def run(self, on_step: Callable[[dict], None] | None = None) -> list[dict]:
         """Runs the remaining steps; ``on_step`` sees every new record."""
