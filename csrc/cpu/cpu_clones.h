@@ -12,3 +12,47 @@
 #define FASTNAS_CPU_CLONES
 #define FASTNAS_ALWAYS_INLINE inline
 #endif
+
+#include <cstdint>
+#include <cstring>
+
+namespace fastnas {
+
+// sum_i a[i] * b[i] with two 32-byte vector accumulators (GCC/Clang vector extensions;
+// each multi-versioned caller compiles them for its ISA). Keeping several partial sums
+// is what lets the reduction vectorise without -ffast-math. If `scaled` is not null it
+// also writes scaled[i] = scale * a[i] in the same pass.
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale_vec(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                                 int64_t n, scalar_t scale, scalar_t* __restrict__ scaled) {
+  using vec = scalar_t __attribute__((vector_size(32)));
+  constexpr int64_t kWidth = 32 / sizeof(scalar_t);
+  vec acc0 = {}, acc1 = {};
+  int64_t i = 0;
+  for (; i + 2 * kWidth <= n; i += 2 * kWidth) {
+    vec a0, a1, b0, b1;
+    std::memcpy(&a0, a + i, sizeof(vec));
+    std::memcpy(&a1, a + i + kWidth, sizeof(vec));
+    std::memcpy(&b0, b + i, sizeof(vec));
+    std::memcpy(&b1, b + i + kWidth, sizeof(vec));
+    acc0 += a0 * b0;
+    acc1 += a1 * b1;
+    if (scaled != nullptr) {
+      const vec s0 = a0 * scale, s1 = a1 * scale;
+      std::memcpy(scaled + i, &s0, sizeof(vec));
+      std::memcpy(scaled + i + kWidth, &s1, sizeof(vec));
+    }
+  }
+  scalar_t total = 0;
+  for (; i < n; ++i) {
+    total += a[i] * b[i];
+    if (scaled != nullptr) scaled[i] = scale * a[i];
+  }
+  const vec acc = acc0 + acc1;
+  scalar_t lanes[kWidth];
+  std::memcpy(lanes, &acc, sizeof(vec));
+  for (int64_t l = 0; l < kWidth; ++l) total += lanes[l];
+  return total;
+}
+
+}  // namespace fastnas

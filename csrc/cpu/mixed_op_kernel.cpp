@@ -23,45 +23,18 @@ std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
   return result;
 }
 
-// Returns sum_i grad[i] * out[i] over [begin, end) and, if out_grad is not null,
-// writes out_grad[i] = weight * grad[i] in the same pass. kLanes independent partial
-// sums break the serial dependency of one running sum, so the compiler vectorises it.
-constexpr int kLanes = 16;
-
-template <typename scalar_t, bool kWriteGrad>
-FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale_impl(const scalar_t* grad, const scalar_t* out,
-                                                  scalar_t weight, scalar_t* out_grad,
-                                                  int64_t begin, int64_t end) {
-  scalar_t lanes[kLanes] = {};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      lanes[l] += grad[i + l] * out[i + l];
-      if constexpr (kWriteGrad) out_grad[i + l] = weight * grad[i + l];
-    }
-  }
-  scalar_t total = 0;
-  for (; i < end; ++i) {
-    total += grad[i] * out[i];
-    if constexpr (kWriteGrad) out_grad[i] = weight * grad[i];
-  }
-  for (int l = 0; l < kLanes; ++l) total += lanes[l];
-  return total;
-}
-
+// sum_i grad[i] * out[i] over [begin, end); with out_grad, also out_grad[i] = weight * grad[i].
 template <typename scalar_t>
-FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out,
-                                             scalar_t weight, scalar_t* out_grad, int64_t begin,
-                                             int64_t end) {
-  return out_grad != nullptr
-             ? dot_and_scale_impl<scalar_t, true>(grad, out, weight, out_grad, begin, end)
-             : dot_and_scale_impl<scalar_t, false>(grad, out, weight, out_grad, begin, end);
+FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale(const scalar_t* grad, const scalar_t* out, scalar_t weight,
+                                             scalar_t* out_grad, int64_t begin, int64_t end) {
+  return dot_and_scale_vec(grad + begin, out + begin, end - begin, weight,
+                           out_grad == nullptr ? nullptr : out_grad + begin);
 }
 
 // dst[i] (=|+=) weight * src[i] over [begin, end).
 template <typename scalar_t>
-FASTNAS_ALWAYS_INLINE void scaled_add(scalar_t* dst, const scalar_t* src, scalar_t weight,
-                                      bool overwrite, int64_t begin, int64_t end) {
+FASTNAS_ALWAYS_INLINE void scaled_add(scalar_t* __restrict__ dst, const scalar_t* __restrict__ src,
+                                      scalar_t weight, bool overwrite, int64_t begin, int64_t end) {
   if (overwrite) {
     for (int64_t i = begin; i < end; ++i) dst[i] = weight * src[i];
   } else {

@@ -128,9 +128,9 @@ FASTNAS_ALWAYS_INLINE void pad_plane(const scalar_t* src, const PlaneGeometry& g
 // kernel row with the row's K taps unrolled: few enough live values for the compiler to
 // vectorise over i (all K*K taps in one body defeats it from K = 5 on).
 template <typename scalar_t, int K>
-FASTNAS_ALWAYS_INLINE void correlate_padded(const scalar_t* padded, const scalar_t* taps,
+FASTNAS_ALWAYS_INLINE void correlate_padded(const scalar_t* __restrict__ padded, const scalar_t* taps,
                                             scalar_t bias, int64_t dilation,
-                                            const PaddedGeometry& p, scalar_t* result) {
+                                            const PaddedGeometry& p, scalar_t* __restrict__ result) {
   std::fill(result, result + p.span, bias);
   for (int kh = 0; kh < K; ++kh) {
     const scalar_t* row = padded + kh * dilation * p.pitch;
@@ -190,8 +190,7 @@ FASTNAS_ALWAYS_INLINE void grad_input_plane_s1(const scalar_t* grad_out, const s
 }
 
 // acc[t] += sum_i grad[i] * padded_in[i + offset(t)], grad laid out in the row pitch with
-// zeros in the dropped columns; kLanes partial sums per tap so the compiler vectorises.
-constexpr int kLanes = 16;
+// zeros in the dropped columns.
 
 template <typename scalar_t, int K>
 FASTNAS_ALWAYS_INLINE void grad_weight_plane_s1(const scalar_t* grad_out, const scalar_t* in,
@@ -208,14 +207,7 @@ FASTNAS_ALWAYS_INLINE void grad_weight_plane_s1(const scalar_t* grad_out, const 
   for (int kh = 0; kh < K; ++kh) {
     for (int kw = 0; kw < K; ++kw) {
       const scalar_t* src = scratch.padded.data() + kh * dilation * p.pitch + kw * dilation;
-      scalar_t lanes[kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= p.span; i += kLanes) {
-        for (int l = 0; l < kLanes; ++l) lanes[l] += grad[i + l] * src[i + l];
-      }
-      scalar_t total = 0;
-      for (; i < p.span; ++i) total += grad[i] * src[i];
-      for (int l = 0; l < kLanes; ++l) total += lanes[l];
+      const scalar_t total = dot_and_scale_vec<scalar_t>(grad, src, p.span, scalar_t(0), nullptr);
       acc[kh * K + kw] += static_cast<double>(total);
     }
   }
