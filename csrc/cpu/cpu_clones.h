@@ -18,14 +18,30 @@
 
 namespace fastnas {
 
+// 32-byte vectors (the attribute must sit on a non-dependent typedef: on a template alias
+// GCC drops it silently).
+typedef float Float32x8 __attribute__((vector_size(32)));
+typedef double Float64x4 __attribute__((vector_size(32)));
+template <typename scalar_t>
+struct Vector32;
+template <>
+struct Vector32<float> {
+  using type = Float32x8;
+};
+template <>
+struct Vector32<double> {
+  using type = Float64x4;
+};
+
 // sum_i a[i] * b[i] with two 32-byte vector accumulators (GCC/Clang vector extensions;
 // each multi-versioned caller compiles them for its ISA). Keeping several partial sums
 // is what lets the reduction vectorise without -ffast-math. If `scaled` is not null it
-// also writes scaled[i] = scale * a[i] in the same pass.
+// also writes scaled[i] = scale * a[i].
 template <typename scalar_t>
 FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale_vec(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                                  int64_t n, scalar_t scale, scalar_t* __restrict__ scaled) {
-  using vec = scalar_t __attribute__((vector_size(32)));
+  using vec = typename Vector32<scalar_t>::type;
+  static_assert(sizeof(vec) == 32, "expected a 32-byte vector type");
   constexpr int64_t kWidth = 32 / sizeof(scalar_t);
   vec acc0 = {}, acc1 = {};
   int64_t i = 0;
@@ -37,16 +53,12 @@ FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale_vec(const scalar_t* __restrict__ a,
     std::memcpy(&b1, b + i + kWidth, sizeof(vec));
     acc0 += a0 * b0;
     acc1 += a1 * b1;
-    if (scaled != nullptr) {
-      const vec s0 = a0 * scale, s1 = a1 * scale;
-      std::memcpy(scaled + i, &s0, sizeof(vec));
-      std::memcpy(scaled + i + kWidth, &s1, sizeof(vec));
-    }
   }
   scalar_t total = 0;
-  for (; i < n; ++i) {
-    total += a[i] * b[i];
-    if (scaled != nullptr) scaled[i] = scale * a[i];
+  for (; i < n; ++i) total += a[i] * b[i];
+  if (scaled != nullptr) {
+    // A separate streaming pass: a is still in cache, and the loop has one load stream.
+    for (int64_t k = 0; k < n; ++k) scaled[k] = scale * a[k];
   }
   const vec acc = acc0 + acc1;
   scalar_t lanes[kWidth];
