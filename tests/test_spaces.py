@@ -153,3 +153,19 @@ def test_enas_chain_space_size_decoding_and_costs():
     supernet = space.supernet().eval()
     x = torch.randn(2, 1, 12, 12)
     torch.testing.assert_close(supernet(x, arch), supernet.extract(arch).eval()(x))
+
+
+@pytest.mark.parametrize("multilevel", [False, True])
+def test_darts_genotype_space_interface_and_exact_costs(multilevel):
+    from fastnas.spaces.darts import DartsGenotypeSpace, Genotype
+
+    space = DartsGenotypeSpace(channels=8, layers=5, multilevel=multilevel)
+    assert len(space.decisions) == 16 * len(space.keys)
+    generator = torch.Generator().manual_seed(1)
+    for arch in [space.sample(generator) for _ in range(2)]:
+        genotype = space.genotype(arch)
+        assert isinstance(genotype, Genotype) and set(genotype.cells) == set(space.keys)
+        counts = count(space.build(arch), torch.zeros(1, 3, 32, 32))
+        assert (space.flops(arch), space.params(arch)) == (counts.macs, counts.params)
+    with pytest.raises(ValueError, match="decision 0 must be in"):
+        space.flops([5] + [0] * (len(space.decisions) - 1))

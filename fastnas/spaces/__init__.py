@@ -3,5 +3,17 @@ validate, encode, build, flops, params) that the search strategies talk to."""
 
 from fastnas.spaces.base import Architecture, SearchSpace
 from fastnas.spaces.canas import CanasSpace, CanasSupernet
+from fastnas.spaces.darts import DartsGenotypeSpace, DartsSupernet
+from fastnas.spaces.enas_chain import EnasChainSpace
+from fastnas.spaces.nasbench201 import NasBench201Space
 
-__all__ = ["Architecture", "CanasSpace", "CanasSupernet", "SearchSpace"]
+__all__ = [
+    "Architecture",
+    "CanasSpace",
+    "CanasSupernet",
+    "DartsGenotypeSpace",
+    "DartsSupernet",
+    "EnasChainSpace",
+    "NasBench201Space",
+    "SearchSpace",
+]

@@ -17,12 +17,14 @@ ReLU of the edge input, and each edge's weighted sum is one fused ``mixed_op``;
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from fastnas.ops import MultiDilationDWConv2d, ShuffleGConv1x1, functional, reference
+from fastnas.spaces.base import SearchSpace
 
 PRIMITIVES = (
     "none",
@@ -476,3 +478,94 @@ class NetworkImageNet(_EvalNetwork):
 
 def count_parameters(model: nn.Module, include_auxiliary: bool = False) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if include_auxiliary or "auxiliary" not in name)
+
+
+# ---- the discrete genotype space -------------------------------------------------------------
+class DartsGenotypeSpace(SearchSpace):
+    """Derived DARTS architectures as a discrete space with the SearchSpace interface, so
+    the REINFORCE/CAS strategies and the cost model work on DARTS cells too. Per cell set
+    (``normal``/``reduce``, or the five per-level sets) and per intermediate node i: the two
+    inputs (nodes 0..i+1) and their ops (the 7 primitives other than none). ``build``
+    gives the evaluation network (no auxiliary head); costs come from per-edge tables."""
+
+    name = "darts"
+    EDGE_OPS = tuple(p for p in PRIMITIVES if p != "none")
+
+    def __init__(self, channels: int = 36, layers: int = 20, num_classes: int = 10, multilevel: bool = False,
+                 input_size: int = 32, in_channels: int = 3):
+        self.channels, self.layers, self.num_classes = channels, layers, num_classes
+        self.multilevel, self.input_size, self.in_channels = multilevel, input_size, in_channels
+        self.keys = list(dict.fromkeys(cell_keys(layers, multilevel)))
+
+    @property
+    def decisions(self) -> tuple[int, ...]:
+        per_cell = []
+        for node in range(STEPS):
+            per_cell += [node + 2, len(self.EDGE_OPS), node + 2, len(self.EDGE_OPS)]
+        return tuple(per_cell * len(self.keys))
+
+    def genotype(self, arch) -> Genotype:
+        arch = self.validate(arch)
+        cells, per = {}, 4 * STEPS
+        for k, key in enumerate(self.keys):
+            chunk = arch[k * per:(k + 1) * per]
+            cells[key] = tuple((self.EDGE_OPS[chunk[4 * n + 2 * e + 1]], chunk[4 * n + 2 * e])
+                               for n in range(STEPS) for e in range(2))
+        return Genotype(cells)
+
+    def encode(self, arch) -> str:
+        return str(self.genotype(arch))
+
+    def build(self, arch, fused: bool = True) -> NetworkCIFAR:
+        return NetworkCIFAR(self.channels, self.num_classes, self.layers, False, self.genotype(arch),
+                            fused=fused, in_channels=self.in_channels)
+
+    def _cell_geometry(self) -> list[tuple[str, int, int, bool]]:
+        """(cell key, channels C, input spatial size, reduction) of every cell."""
+        geometry, c, size = [], self.channels, self.input_size
+        for key in cell_keys(self.layers, multilevel=True):
+            level, kind = key.split("_")
+            reduction = kind == "reduce"
+            if reduction:
+                c *= 2
+            own_key = key if self.multilevel else kind
+            geometry.append((own_key, c, size, reduction))
+            if reduction:
+                size = (size - 1) // 2 + 1
+        return geometry
+
+    @cached_property
+    def _tables(self):
+        """Fixed costs (all edges max-pools, which cost nothing) and, per cell, the cost of
+        every (op, stride) edge."""
+        from fastnas.flops import count
+
+        base_arch = [0, self.EDGE_OPS.index("max_pool_3x3")] * (2 * STEPS * len(self.keys))
+        example = torch.zeros(1, self.in_channels, self.input_size, self.input_size)
+        fixed = count(self.build(base_arch), example)
+        tables = []
+        for key, c, size, reduction in self._cell_geometry():
+            table = {}
+            # In a reduction cell the edges from the two inputs have stride 2; the edges
+            # between intermediate nodes already run at the reduced size.
+            reduced = (size - 1) // 2 + 1
+            for stride, edge_size in (((2, size), (1, reduced)) if reduction else ((1, size),)):
+                for op in self.EDGE_OPS:
+                    table[(op, stride)] = count(make_op(op, c, stride), torch.zeros(1, c, edge_size, edge_size))
+            tables.append((key, reduction, table))
+        return fixed, tables
+
+    def _cost(self, arch, field: str) -> int:
+        genotype = self.genotype(arch)
+        fixed, tables = self._tables
+        total = getattr(fixed, field)
+        for key, reduction, table in tables:
+            for op, node in genotype.cells[key]:
+                total += getattr(table[(op, 2 if reduction and node < 2 else 1)], field)
+        return total
+
+    def flops(self, arch) -> int:
+        return self._cost(arch, "macs")
+
+    def params(self, arch) -> int:
+        return self._cost(arch, "params")
