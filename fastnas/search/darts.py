@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
-from fastnas.search.weight_sharing import _atomic_save
+from fastnas.search.checkpoint import atomic_save, load_checked
 from fastnas.spaces.darts import DartsSupernet, Genotype, skip_counts
 
 CHECKPOINT = "checkpoint.pt"
@@ -186,20 +186,7 @@ class DartsSearch:
         }
 
     def resume(self) -> None:
-        path = self.out_dir / CHECKPOINT
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as error:
-            raise ValueError(f"--resume: {path} is not a readable fastnas checkpoint ({error})") from None
-        if not isinstance(state, dict) or state.get("format") != "fastnas-darts-1":
-            raise ValueError(f"--resume: {path} is not a fastnas DARTS checkpoint")
-        current = self.config.to_dict()
-        differing = sorted(k for k in current if state["config"].get(k) != current[k])
-        if differing:
-            details = ", ".join(f"{k}: checkpoint {state['config'].get(k)!r} vs now {current[k]!r}" for k in differing)
-            raise ValueError(f"--resume: the checkpoint was made with other settings ({details})")
+        state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-darts-1", self.config.to_dict())
         self.model.load_state_dict(state["model"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
@@ -231,7 +218,7 @@ class DartsSearch:
             }
             self.history.append(record)
             self.epoch += 1
-            _atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+            atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
             if on_epoch is not None:
                 on_epoch(record)
         return self.model.genotype()

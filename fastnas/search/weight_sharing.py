@@ -11,7 +11,6 @@ is saved atomically, so a killed search resumes where it stopped.
 
 import contextlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
+from fastnas.search.checkpoint import atomic_save, load_checked
 from fastnas.search.policies import RewardFunction, make_policy
 from fastnas.search.rewards import CasSchedule
 from fastnas.spaces.canas import CanasSpace
@@ -116,12 +116,6 @@ def path_accuracy(supernet, arch, batches) -> float:
     return correct / max(1, total)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class WeightSharingSearch:
     """A resumable search over the CANAS space."""
 
@@ -167,25 +161,10 @@ class WeightSharingSearch:
         }
 
     def save(self) -> None:
-        _atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+        atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
 
     def resume(self) -> None:
-        path = self.out_dir / CHECKPOINT
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as error:  # a truncated or foreign file
-            raise ValueError(f"--resume: {path} is not a readable fastnas checkpoint ({error})") from None
-        if not isinstance(state, dict) or state.get("format") != "fastnas-search-1":
-            raise ValueError(f"--resume: {path} is not a fastnas search checkpoint")
-        saved = state["config"]
-        current = self.config.to_dict()
-        differing = sorted(k for k in current if saved.get(k) != current[k])
-        if differing:
-            details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
-            raise ValueError(f"--resume: the checkpoint was made with other settings ({details}); "
-                             f"rerun with the same settings or another --out")
+        state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-search-1", self.config.to_dict())
         self.supernet.load_state_dict(state["supernet"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy.load_state_dict(state["policy"])
