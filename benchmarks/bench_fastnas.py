@@ -190,7 +190,8 @@ def test_darts_search_step(benchmark, impl):
 
     def step():
         a_opt.zero_grad(set_to_none=True)
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), model.arch_parameters())
+        with model.frozen_weights():  # as DartsSearch does: no weight gradients in the alpha step
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), model.arch_parameters())
         for a, g in zip(model.arch_parameters(), grads):
             a.grad = g
         a_opt.step()

@@ -104,8 +104,9 @@ class DartsSearch:
 
     def _arch_step_first_order(self, x_val, y_val) -> float:
         alphas = self.model.arch_parameters()
-        loss = self.arch_loss(x_val, y_val)
-        grads = torch.autograd.grad(loss, alphas)
+        with self.model.frozen_weights():
+            loss = self.arch_loss(x_val, y_val)
+            grads = torch.autograd.grad(loss, alphas)
         for a, g in zip(alphas, grads):
             a.grad = g
         return float(loss.detach())

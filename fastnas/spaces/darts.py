@@ -14,6 +14,7 @@ ReLU of the edge input, and each edge's weighted sum is one fused ``mixed_op``;
 ``fused=False`` builds the same parameters on plain PyTorch modules.
 """
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,6 +321,19 @@ class DartsSupernet(nn.Module):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alphas.values())
+
+    @contextlib.contextmanager
+    def frozen_weights(self):
+        """Weights stop requiring gradients, so an architecture step's backward skips
+        every weight gradient (custom ops decide that at forward time)."""
+        flags = [(p, p.requires_grad) for p in self.weight_parameters()]
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {key: torch.softmax(a, dim=-1) for key, a in self.alphas.items()}
