@@ -49,12 +49,6 @@ FASTNAS_HD bool output_coord_for_input(int64_t in, int64_t tap, int64_t stride, 
   return true;
 }
 
-// Output size of the conv; with same padding it does not depend on the dilation.
-FASTNAS_HD int64_t conv_out_size(int64_t in_size, int64_t kernel_size, int64_t stride,
-                                 int64_t dilation, int64_t padding) {
-  return (in_size + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1;
-}
-
 // Half-open range [first, last) of output coordinates whose tap `tap` reads a
 // valid input coordinate in [0, in_size). Lets the CPU kernels run branch-free,
 // vectorisable inner loops.

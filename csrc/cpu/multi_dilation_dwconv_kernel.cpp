@@ -1,6 +1,7 @@
-// Multi-dilation depthwise conv on the CPU: one pass over every (n, c) plane, the
-// dilation chosen by the channel's group. Inner loops run over the output columns
-// whose taps are in bounds (valid_output_span), so they are branch-free and vectorise.
+// Multi-dilation depthwise conv on the CPU, one (n, c) plane at a time with the dilation of
+// the channel's group. K = 3, 5, 7: each plane is zero-padded once and every kernel row is
+// one long vectorised run (any stride through the stride-1 kernels, see below). Other K:
+// a direct loop over the output columns whose taps are in bounds (valid_output_span).
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -49,30 +50,25 @@ FASTNAS_ALWAYS_INLINE void forward_plane(const scalar_t* in, const scalar_t* w, 
   }
 }
 
-// Scatter form of the input gradient: each output tap adds into the input it read.
+// Gather form of the input gradient, the same per-element index math the CUDA kernel
+// runs (output_coord_for_input): each input element sums the output taps that read it.
 template <typename scalar_t>
 FASTNAS_ALWAYS_INLINE void grad_input_plane(const scalar_t* grad_out, const scalar_t* w, scalar_t* grad_in,
-                      const PlaneGeometry& g, int64_t dilation) {
+                                            const PlaneGeometry& g, int64_t dilation) {
   const int64_t pad = same_padding(dilation, g.kernel_size);
-  std::fill(grad_in, grad_in + g.height * g.width, scalar_t(0));
-  for (int64_t oh = 0; oh < g.out_height; ++oh) {
-    const scalar_t* grad_row = grad_out + oh * g.out_width;
-    for (int64_t kh = 0; kh < g.kernel_size; ++kh) {
-      const int64_t ih = input_coord(oh, kh, g.stride, dilation, pad);
-      if (ih < 0 || ih >= g.height) continue;
-      scalar_t* in_row = grad_in + ih * g.width;
-      for (int64_t kw = 0; kw < g.kernel_size; ++kw) {
-        const scalar_t wv = w[kh * g.kernel_size + kw];
-        int64_t first, last;
-        valid_output_span(kw, g.stride, dilation, pad, g.width, g.out_width, &first, &last);
-        const int64_t offset = input_coord(0, kw, g.stride, dilation, pad);
-        if (g.stride == 1) {
-          scalar_t* dst = in_row + offset;
-          for (int64_t ow = first; ow < last; ++ow) dst[ow] += wv * grad_row[ow];
-        } else {
-          for (int64_t ow = first; ow < last; ++ow) in_row[ow * g.stride + offset] += wv * grad_row[ow];
+  for (int64_t ih = 0; ih < g.height; ++ih) {
+    for (int64_t iw = 0; iw < g.width; ++iw) {
+      scalar_t acc = 0;
+      for (int64_t kh = 0; kh < g.kernel_size; ++kh) {
+        int64_t oh;
+        if (!output_coord_for_input(ih, kh, g.stride, dilation, pad, g.out_height, &oh)) continue;
+        for (int64_t kw = 0; kw < g.kernel_size; ++kw) {
+          int64_t ow;
+          if (!output_coord_for_input(iw, kw, g.stride, dilation, pad, g.out_width, &ow)) continue;
+          acc += w[kh * g.kernel_size + kw] * grad_out[oh * g.out_width + ow];
         }
       }
+      grad_in[ih * g.width + iw] = acc;
     }
   }
 }

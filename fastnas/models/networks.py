@@ -2,13 +2,14 @@
 LightNet, and the layout (stem, three stages of units, head) that the CANAS search
 space shares with them."""
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from fastnas.models.units import DEFAULT_DILATIONS, ClassifierHead, ShuffleUnit, Stem, _gcd
+from fastnas.models.units import DEFAULT_DILATIONS, ClassifierHead, ShuffleUnit, Stem
 
 # ShuffleNet v1 stage output channels at width 1x, per group count (Zhang et al. 2018).
 SHUFFLENET_STAGE_CHANNELS = {
@@ -179,7 +180,7 @@ def dilated_lightnet(
     0.90M parameters)."""
     if groups not in SHUFFLENET_STAGE_CHANNELS:
         raise ValueError(f"groups={groups}; choose one of {sorted(SHUFFLENET_STAGE_CHANNELS)}")
-    multiple = 4 * groups * len(dilations) // _gcd(groups, len(dilations))
+    multiple = 4 * math.lcm(groups, len(dilations))
     channels = scale_channels(SHUFFLENET_STAGE_CHANNELS[groups], width_mult, multiple)
     net_layout = replace(layout(variant, num_classes=num_classes), stage_channels=channels)
     return UnitNetwork(net_layout, dilated_lightnet_pattern(net_layout, groups, dilations), fused=fused)

@@ -10,6 +10,7 @@ depthwise conv is the multi-dilation depthwise conv, channels split into equal g
 with dilation rates ``dilations`` (default (1, 2, 3, 4)) for multi-scale features.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,14 +27,8 @@ def bottleneck_channels(out_channels: int, groups: int, dilation_groups: int) ->
     count and the number of dilation groups so every candidate unit can be built
     (needed only for narrow networks such as the MNIST variant)."""
     mid = out_channels // 4
-    step = groups * dilation_groups // _gcd(groups, dilation_groups)
+    step = math.lcm(groups, dilation_groups)
     return -(-mid // step) * step
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 class ShuffleUnit(nn.Module):

@@ -12,7 +12,7 @@ is saved atomically, so a killed search resumes where it stopped.
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,13 +60,6 @@ class SearchConfig:
         d = asdict(self)
         d["schedule"] = self.schedule.to_dict()
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SearchConfig":
-        d = dict(d)
-        d["schedule"] = CasSchedule(**d["schedule"])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> None:
         for name in ("child_steps", "controller_samples", "batch_size", "eval_batches"):

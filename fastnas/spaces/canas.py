@@ -6,6 +6,7 @@ LightNet unit with g = 1, 2, 4, 8. An architecture is one choice per layer (16 l
 in the 224x224 and 32x32 variants, 6 in the MNIST one).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -20,16 +21,6 @@ from fastnas.ops import MixedOp
 from fastnas.spaces.base import Architecture, SearchSpace
 
 DEFAULT_GROUPS = (1, 2, 4, 8)
-
-
-def _lcm(values: Sequence[int]) -> int:
-    result = 1
-    for v in values:
-        a, b = result, v
-        while b:
-            a, b = b, a % b
-        result = result * v // a
-    return result
 
 
 class CanasSpace(SearchSpace):
@@ -50,7 +41,7 @@ class CanasSpace(SearchSpace):
         self.groups = tuple(groups)
         self.dilations = tuple(dilations)
         if width_mult != 1.0:
-            multiple = 4 * _lcm(self.groups + (len(self.dilations),))
+            multiple = 4 * math.lcm(*self.groups, len(self.dilations))
             base = replace(base, stage_channels=scale_channels(base.stage_channels, width_mult, multiple))
         for channels in base.stage_channels:
             for g in self.groups:
