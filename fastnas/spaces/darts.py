@@ -347,7 +347,9 @@ class DartsSupernet(nn.Module):
 
     @torch.no_grad()
     def genotype(self) -> Genotype:
-        return Genotype({key: derive_cell(torch.softmax(a, dim=-1).cpu()) for key, a in self.alphas.items()})
+        # In network order (low, mid, high), not the ParameterDict's sorted order.
+        return Genotype({key: derive_cell(torch.softmax(self.alphas[key], dim=-1).cpu())
+                         for key in dict.fromkeys(self.keys)})
 
 
 def skip_counts(genotype: Genotype) -> dict[str, int]:
