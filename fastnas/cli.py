@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sms-target", type=float, help="F of the SMS reward (default F_max)")
     s.add_argument("--child-steps", type=int, help="shared-weight minibatches per step")
     s.add_argument("--controller-steps", type=int, default=1, help="controller updates per step")
-    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--batch-size", type=int, help="default 128 (64 for DARTS)")
     c = s.add_argument_group("ENAS chain space (--space enas_chain, seed 003)")
     c.add_argument("--chain-channels", type=int, default=32)
     c.add_argument("--final-samples", type=int, default=10,
@@ -183,7 +183,7 @@ def _search_weight_sharing(args) -> int:
         space=args.space, strategy=strategy, dataset=args.dataset, variant=variant, width_mult=args.width_mult,
         resize=args.resize, schedule=schedule, sms_target=args.sms_target,
         child_steps=args.child_steps or (10 if demo else 50), controller_steps=args.controller_steps,
-        batch_size=args.batch_size, chain_channels=args.chain_channels, seed=args.seed,
+        batch_size=args.batch_size or 128, chain_channels=args.chain_channels, seed=args.seed,
     )
     if not args.resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
@@ -234,7 +234,7 @@ def _search_darts(args) -> int:
         channels=args.channels or (8 if demo else 16), layers=args.layers or (5 if demo else 8),
         epochs=args.epochs or (3 if demo else 50),
         steps_per_epoch=args.steps_per_epoch or (10 if demo else None),
-        batch_size=args.batch_size if args.batch_size != 128 else 64,
+        batch_size=args.batch_size or 64,
         gamma=args.gamma if args.gamma is not None else (1.0 if multilevel else 0.0),
         second_order=args.second_order, seed=args.seed,
     )
