@@ -57,3 +57,19 @@ class SearchSpace(ABC):
     @abstractmethod
     def params(self, arch: Sequence[int]) -> int:
         """Parameters of the built network."""
+
+
+class PerDecisionCostSpace(SearchSpace):
+    """A space whose cost is a fixed part plus one independent term per decision:
+    subclasses provide ``_cost_tables`` = (fixed Counts, table[decision][choice] Counts),
+    counted once on built modules, and get exact, cheap ``flops``/``params``."""
+
+    _cost_tables: tuple  # (Counts, list[list[Counts]]), usually a cached_property
+
+    def flops(self, arch: Sequence[int]) -> int:
+        fixed, table = self._cost_tables
+        return fixed.macs + sum(table[i][c].macs for i, c in enumerate(self.validate(arch)))
+
+    def params(self, arch: Sequence[int]) -> int:
+        fixed, table = self._cost_tables
+        return fixed.params + sum(table[i][c].params for i, c in enumerate(self.validate(arch)))

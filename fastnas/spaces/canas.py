@@ -18,12 +18,12 @@ from fastnas.flops import Counts, count
 from fastnas.models.networks import MacroLayout, UnitNetwork, UnitSpec, layout, make_unit, scale_channels
 from fastnas.models.units import DEFAULT_DILATIONS, ClassifierHead, Stem
 from fastnas.ops import MixedOp
-from fastnas.spaces.base import Architecture, SearchSpace
+from fastnas.spaces.base import Architecture, PerDecisionCostSpace
 
 DEFAULT_GROUPS = (1, 2, 4, 8)
 
 
-class CanasSpace(SearchSpace):
+class CanasSpace(PerDecisionCostSpace):
     name = "canas"
 
     def __init__(
@@ -98,14 +98,6 @@ class CanasSpace(SearchSpace):
             )
         fixed = Counts(stem.macs + head.macs, stem.params + head.params)
         return fixed, table
-
-    def flops(self, arch: Sequence[int]) -> int:
-        fixed, table = self._cost_tables
-        return fixed.macs + sum(table[i][c].macs for i, c in enumerate(self.validate(arch)))
-
-    def params(self, arch: Sequence[int]) -> int:
-        fixed, table = self._cost_tables
-        return fixed.params + sum(table[i][c].params for i, c in enumerate(self.validate(arch)))
 
     def cheapest(self) -> Architecture:
         """The architecture with the fewest multiply-adds (costs are per layer)."""

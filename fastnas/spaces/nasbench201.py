@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from fastnas.flops import Counts, count
-from fastnas.spaces.base import Architecture, SearchSpace
+from fastnas.spaces.base import Architecture, PerDecisionCostSpace
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), string order
@@ -115,7 +115,7 @@ class NasBench201Network(nn.Module):
         return self.head(self.body(x))
 
 
-class NasBench201Space(SearchSpace):
+class NasBench201Space(PerDecisionCostSpace):
     name = "nasbench201"
 
     def __init__(self, channels: int = 16, cells_per_stage: int = 5, num_classes: int = 10,
@@ -176,14 +176,6 @@ class NasBench201Space(SearchSpace):
                 size, c = (size - 1) // 2 + 1, 2 * c
             per_op.append(Counts(macs, params))
         return fixed, [per_op] * len(EDGES)
-
-    def flops(self, arch: Sequence[int]) -> int:
-        fixed, table = self._cost_tables
-        return fixed.macs + sum(table[i][a].macs for i, a in enumerate(self.validate(arch)))
-
-    def params(self, arch: Sequence[int]) -> int:
-        fixed, table = self._cost_tables
-        return fixed.params + sum(table[i][a].params for i, a in enumerate(self.validate(arch)))
 
 
 class TabularBenchmark:
