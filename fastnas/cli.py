@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark", help="NAS-Bench-201 table (CSV) for --space nasbench201")
     s.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10")
     s.add_argument("--budget", type=int, default=500, help="distinct queries of the tabular oracle")
+    s.add_argument("--repeats", type=int, default=1,
+                   help="tabular oracle: run each strategy with seeds SEED..SEED+R-1 and report mean and spread")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     s.add_argument("--out", default="runs/search", help="output directory")
     s.add_argument("--seed", type=int, default=0)
@@ -264,27 +266,32 @@ def _search_darts(args) -> int:
 
 
 def _search_tabular(args) -> int:
-    from fastnas.search.tabular import tabular_search
+    from fastnas.search.tabular import compare_strategies
     from fastnas.spaces.nasbench201 import TabularBenchmark
 
     if not args.benchmark:
         raise ValueError("--space nasbench201 needs --benchmark PATH (the NAS-Bench-201 CSV, e.g. nats_bench.csv)")
-    out = _writable(args.out)
-    benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
-    results = {}
     strategy_choice = args.strategy or "cas"
     if strategy_choice in DARTS_STRATEGIES:
         raise ValueError("--space nasbench201 runs the REINFORCE strategies and random search, not DARTS")
-    for strategy in (strategy_choice, "random") if strategy_choice != "random" else ("random",):
-        result = tabular_search(benchmark, strategy, budget=args.budget, seed=args.seed)
-        results[strategy] = result
-        print(f"{strategy:>6}: {result.queries} queries ({100 * result.queries / len(benchmark):.1f}% of "
-              f"{len(benchmark)}), hypervolume ratio {result.hypervolume_ratio:.4f}")
+    if args.budget < 1 or args.repeats < 1:
+        raise ValueError(f"--budget and --repeats must be >= 1, got {args.budget} and {args.repeats}")
+    out = _writable(args.out)
+    benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
+    strategies = (strategy_choice, "random") if strategy_choice != "random" else ("random",)
+    comparisons = compare_strategies(benchmark, strategies, args.budget,
+                                     range(args.seed, args.seed + args.repeats))
+    spread = f" over {args.repeats} seeds (mean ± sd)" if args.repeats > 1 else ""
+    print(f"NAS-Bench-201 {args.benchmark_dataset}, {args.budget} queries "
+          f"({100 * args.budget / len(benchmark):.1f}% of {len(benchmark)}), hypervolume ratio{spread}:")
+    for c in comparisons:
+        print(f"  {c.strategy:>6}: {c.mean:.4f}" + (f" ± {c.stdev:.4f}" if args.repeats > 1 else ""))
     (out / "tabular.json").write_text(json.dumps({
-        s: {"queries": r.queries, "hypervolume_ratio": r.hypervolume_ratio,
-            "queried": [{"arch": list(a), "encoding": benchmark.space.encode(a), "flops": f, "accuracy": acc}
-                        for a, (f, acc) in r.queried.items()]}
-        for s, r in results.items()}, indent=1))
+        c.strategy: [{"seed": args.seed + k, "queries": r.queries, "hypervolume_ratio": r.hypervolume_ratio,
+                      "queried": [{"arch": list(a), "encoding": benchmark.space.encode(a), "flops": f,
+                                   "accuracy": acc} for a, (f, acc) in r.queried.items()]}
+                     for k, r in enumerate(c.runs)]
+        for c in comparisons}, indent=1))
     print(f"results in {out / 'tabular.json'}")
     return 0
 

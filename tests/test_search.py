@@ -12,7 +12,7 @@ import torch
 
 from fastnas import cli, data
 from fastnas.search import CasSchedule, LSTMController, ReinforcePolicy, cas_reward, hypervolume, pareto_front, sms_reward
-from fastnas.search.tabular import tabular_search
+from fastnas.search.tabular import compare_strategies, tabular_search
 from fastnas.search.weight_sharing import SearchConfig, WeightSharingSearch
 from fastnas.spaces.nasbench201 import TabularBenchmark
 
@@ -85,14 +85,41 @@ def test_pareto_front_and_hypervolume():
     assert hypervolume(flops, acc, 5, 0) == pytest.approx(10 + 15 + 52.5 + 40)
 
 
-@pytest.mark.skipif(not NATS_CSV.exists(), reason="shared NAS-Bench-201 table not present")
-def test_tabular_search_respects_budget_and_scores_fronts():
+needs_nats = pytest.mark.skipif(not NATS_CSV.exists(), reason="shared NAS-Bench-201 table not present")
+
+
+@needs_nats
+def test_tabular_search_spends_exactly_the_budget_and_scores_fronts():
     bench = TabularBenchmark(NATS_CSV)
-    result = tabular_search(bench, "cas", budget=120, seed=0)
-    assert 0 < result.queries <= 120
-    assert 0.0 < result.hypervolume_ratio < 1.0
+    for strategy in ("cas", "random"):
+        result = tabular_search(bench, strategy, budget=120, seed=0)
+        # Re-sampled architectures are free, so every strategy gets its whole budget.
+        assert result.queries == 120
+        assert 0.0 < result.hypervolume_ratio < 1.0
     for arch, (flops, accuracy) in list(result.queried.items())[:5]:
         assert bench.query(arch) == accuracy and bench.space.flops(arch) == flops
+
+
+@needs_nats
+def test_cas_recovers_more_of_the_front_than_random_search():
+    """Seeds 10-19 were not used to choose the tabular CAS settings (seeds 0-9 were)."""
+    bench = TabularBenchmark(NATS_CSV)
+    cas, random = compare_strategies(bench, ("cas", "random"), budget=500, seeds=range(10, 20))
+    assert cas.mean > 0.92
+    assert cas.mean > random.mean + 0.015
+    assert cas.stdev < random.stdev
+
+
+@needs_nats
+def test_cli_tabular_search_reports_every_seed(tmp_path, capsys):
+    out = tmp_path / "nb201"
+    assert cli.main(["search", "--space", "nasbench201", "--benchmark", str(NATS_CSV), "--budget", "60",
+                     "--repeats", "3", "--seed", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "over 3 seeds" in printed and "cas" in printed and "random" in printed
+    runs = json.loads((out / "tabular.json").read_text())
+    assert [r["seed"] for r in runs["cas"]] == [4, 5, 6]
+    assert all(r["queries"] == 60 == len(r["queried"]) for r in runs["cas"] + runs["random"])
 
 
 # ---- data ---------------------------------------------------------------------------
@@ -218,6 +245,7 @@ def test_cli_search_writes_every_output_and_train_loads_the_choice(tmp_path, cap
     (["search", "--steps", "0", "0", "0"], "at least one step"),
     (["search", "--device", "cuda:0"], "no CUDA device is available"),
     (["search", "--space", "nasbench201"], "needs --benchmark"),
+    (["search", "--space", "nasbench201", "--benchmark", "x.csv", "--repeats", "0"], "--repeats must be >= 1"),
     (["train", "--arch", "/nonexistent/chosen.json"], "does not exist"),
 ])
 def test_cli_reports_bad_input_before_work(argv, message, tmp_path, capsys):
