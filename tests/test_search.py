@@ -162,6 +162,32 @@ def test_torchvision_loader_reads_real_on_disk_cifar(tmp_path, monkeypatch):
     assert splits.train.images.shape[1:] == (3, 32, 32)
 
 
+def _write_idx(path, array: np.ndarray):
+    # IDX: two zero bytes, type 0x08 (ubyte), the number of dims, big-endian int32 sizes.
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_loader_reads_real_on_disk_mnist(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = {prefix: (rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), rng.integers(0, 10, count, dtype=np.uint8))
+             for prefix, count in (("train", 10_050), ("t10k", 30))}
+    for prefix, (images, labels) in files.items():
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    splits = data.load("mnist", tmp_path)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (50, 10_000, 30)
+    test_images, test_labels = files["t10k"]
+    assert torch.equal(splits.test.images, torch.from_numpy(test_images).unsqueeze(1))
+    assert splits.test.labels.tolist() == test_labels.tolist()
+    # The train/valid split is a permutation of the file's training images.
+    train_images = torch.from_numpy(files["train"][0]).unsqueeze(1)
+    joined = torch.cat([splits.train.images, splits.valid.images])
+    assert sorted(joined.flatten(1).sum(1).tolist()) == sorted(train_images.flatten(1).sum(1).tolist())
+
+
 def test_missing_dataset_says_where_to_put_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass --download"):
         data.load("mnist", tmp_path)
