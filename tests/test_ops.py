@@ -185,6 +185,29 @@ def test_mixed_op_matches_reference(device, present):
             assert_matches(grad, ref_grad.to(dtype))
 
 
+def test_mixed_op_partial_gradients(device):
+    """Frozen weights (the weight step of DARTS) and candidates that need no gradient: the
+    others still get w_k * grad, and nothing is computed for the rest."""
+    outputs = [torch.randn(2, 3, 4, device=device, requires_grad=k != 1) for k in range(3)]
+    weights = torch.tensor([0.2, 0.5, 0.3], device=device)
+    grad = torch.randn(2, 3, 4, device=device)
+    ops.mixed_op(outputs, weights).backward(grad)
+    assert outputs[1].grad is None and weights.grad is None
+    for k in (0, 2):
+        torch.testing.assert_close(outputs[k].grad, weights[k] * grad)
+    weights.requires_grad_()
+    (g,) = torch.autograd.grad(ops.mixed_op([o.detach() for o in outputs], weights), weights, grad)
+    torch.testing.assert_close(g, torch.stack([(grad * o).sum() for o in outputs]).detach())
+
+
+def test_autograd_is_registered_in_cpp():
+    # A Python autograd formula costs 100-300 us per call (see csrc/autograd.cpp).
+    for name in ("channel_shuffle", "shuffle_gconv1x1", "multi_dilation_dwconv2d", "mixed_op"):
+        registrations = torch._C._dispatch_dump(f"fastnas::{name}").splitlines()
+        (autograd,) = [line for line in registrations if line.startswith("Autograd")]
+        assert "csrc/autograd.cpp" in autograd and "[ boxed unboxed ]" in autograd
+
+
 def test_mixed_op_large_tensor_weight_gradient(device):
     # Many chunks/blocks in the reduction.
     outputs = [torch.randn(4, 16, 64, 64, device=device, dtype=torch.float64) for _ in range(3)]

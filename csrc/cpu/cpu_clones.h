@@ -1,17 +1,36 @@
-// The wheel and CI build for the baseline x86-64 ISA (SSE2). GCC's function
-// multi-versioning compiles the hot CPU loops also for AVX2+FMA and AVX-512 and picks
-// the best one for the running CPU at load time, so the kernels vectorise as wide as
-// the machine allows without a -march flag that would break older CPUs.
+// The wheel and CI build for the baseline x86-64 ISA (SSE2). The hot CPU loops are
+// compiled a second time for AVX2+FMA, and a run-time check picks that build when the
+// CPU has both. GCC's target_clones("arch=haswell") is not used: its resolver matches
+// CPU models, not features, so AMD CPUs with AVX2 got the SSE2 build.
 #pragma once
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTNAS_NO_CPU_CLONES)
-#define FASTNAS_CPU_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTNAS_NO_CPU_CLONES)
+#define FASTNAS_AVX2_TARGET __attribute__((target("avx2,fma")))
 #define FASTNAS_ALWAYS_INLINE inline __attribute__((always_inline))
+namespace fastnas {
+inline bool cpu_has_avx2_fma() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+}  // namespace fastnas
 #else
-#define FASTNAS_CPU_CLONES
+#define FASTNAS_AVX2_TARGET
 #define FASTNAS_ALWAYS_INLINE inline
+namespace fastnas {
+inline bool cpu_has_avx2_fma() { return false; }
+}  // namespace fastnas
 #endif
+
+// Defines `name` params, which calls `impl` args compiled for AVX2+FMA when the CPU has
+// them and for the baseline ISA otherwise. `impl` must be FASTNAS_ALWAYS_INLINE so each
+// version gets its own code generation.
+#define FASTNAS_MULTIVERSIONED(ret, name, impl, params, args)                          \
+  inline ret name##_baseline params { return impl args; }                              \
+  FASTNAS_AVX2_TARGET inline ret name##_avx2 params { return impl args; }              \
+  inline ret name params { return cpu_has_avx2_fma() ? name##_avx2 args : name##_baseline args; }
 
 #include <cstdint>
 #include <cstring>

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../checks.h"
@@ -15,6 +16,7 @@ namespace fastnas {
 namespace {
 
 constexpr int64_t kChunk = 16384;
+constexpr int64_t kTile = 2048;  // 8 KiB of float: a quarter of L1
 
 std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
   std::vector<at::Tensor> result;
@@ -43,16 +45,15 @@ FASTNAS_ALWAYS_INLINE void scaled_add(scalar_t* __restrict__ dst, const scalar_t
 }
 
 // Per-dtype entry points, each compiled for several ISAs (see cpu_clones.h).
-#define FASTNAS_CLONED_MIXED_KERNELS(scalar_t)                                                    \
-  FASTNAS_CPU_CLONES scalar_t dot_and_scale_cloned(const scalar_t* grad, const scalar_t* out,     \
-                                                   scalar_t weight, scalar_t* out_grad,           \
-                                                   int64_t begin, int64_t end) {                  \
-    return dot_and_scale<scalar_t>(grad, out, weight, out_grad, begin, end);                      \
-  }                                                                                               \
-  FASTNAS_CPU_CLONES void scaled_add_cloned(scalar_t* dst, const scalar_t* src, scalar_t weight,  \
-                                            bool overwrite, int64_t begin, int64_t end) {         \
-    scaled_add<scalar_t>(dst, src, weight, overwrite, begin, end);                                \
-  }
+#define FASTNAS_CLONED_MIXED_KERNELS(scalar_t)                                                     \
+  FASTNAS_MULTIVERSIONED(scalar_t, dot_and_scale_cloned, dot_and_scale<scalar_t>,                  \
+                         (const scalar_t* grad, const scalar_t* out, scalar_t weight,              \
+                          scalar_t* out_grad, int64_t begin, int64_t end),                         \
+                         (grad, out, weight, out_grad, begin, end))                                \
+  FASTNAS_MULTIVERSIONED(void, scaled_add_cloned, scaled_add<scalar_t>,                            \
+                         (scalar_t * dst, const scalar_t* src, scalar_t weight, bool overwrite,    \
+                          int64_t begin, int64_t end),                                             \
+                         (dst, src, weight, overwrite, begin, end))
 FASTNAS_CLONED_MIXED_KERNELS(float)
 FASTNAS_CLONED_MIXED_KERNELS(double)
 #undef FASTNAS_CLONED_MIXED_KERNELS
@@ -75,8 +76,13 @@ at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
     }
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, numel, kChunk, [&](int64_t begin, int64_t end) {
-      for (size_t j = 0; j < src.size(); ++j) {
-        scaled_add_cloned(dst, src[j], coef[j], /*overwrite=*/j == 0, begin, end);
+      // Tile a thread's range so the destination stays in L1 while every candidate
+      // is added into it: the sources are then the only memory stream.
+      for (int64_t tile = begin; tile < end; tile += kTile) {
+        const int64_t tile_end = std::min(end, tile + kTile);
+        for (size_t j = 0; j < src.size(); ++j) {
+          scaled_add_cloned(dst, src[j], coef[j], /*overwrite=*/j == 0, tile, tile_end);
+        }
       }
     });
   });

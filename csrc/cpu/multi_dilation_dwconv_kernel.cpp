@@ -236,7 +236,7 @@ FASTNAS_ALWAYS_INLINE const scalar_t* spread_gradient(const scalar_t* grad_out, 
 }
 
 template <typename scalar_t, int K>
-FASTNAS_ALWAYS_INLINE void forward_plane_unrolled(const scalar_t* in, const scalar_t* w, scalar_t bias,
+FASTNAS_ALWAYS_INLINE void forward_plane_unrolled(std::integral_constant<int, K>, const scalar_t* in, const scalar_t* w, scalar_t bias,
                                                   scalar_t* out, const PlaneGeometry& g, int64_t dilation,
                                                   PlaneScratch<scalar_t>& scratch) {
   if (g.stride == 1) return forward_plane_s1<scalar_t, K>(in, w, bias, out, g, dilation, scratch);
@@ -250,7 +250,7 @@ FASTNAS_ALWAYS_INLINE void forward_plane_unrolled(const scalar_t* in, const scal
 }
 
 template <typename scalar_t, int K>
-FASTNAS_ALWAYS_INLINE void grad_input_plane_unrolled(const scalar_t* grad_out, const scalar_t* w,
+FASTNAS_ALWAYS_INLINE void grad_input_plane_unrolled(std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* w,
                                                      scalar_t* grad_in, const PlaneGeometry& g,
                                                      int64_t dilation, PlaneScratch<scalar_t>& scratch) {
   if (g.stride == 1) return grad_input_plane_s1<scalar_t, K>(grad_out, w, grad_in, g, dilation, scratch);
@@ -259,7 +259,7 @@ FASTNAS_ALWAYS_INLINE void grad_input_plane_unrolled(const scalar_t* grad_out, c
 }
 
 template <typename scalar_t, int K>
-FASTNAS_ALWAYS_INLINE void grad_weight_plane_unrolled(const scalar_t* grad_out, const scalar_t* in,
+FASTNAS_ALWAYS_INLINE void grad_weight_plane_unrolled(std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* in,
                                                       double* acc, const PlaneGeometry& g,
                                                       int64_t dilation, PlaneScratch<scalar_t>& scratch) {
   if (g.stride == 1) return grad_weight_plane_s1<scalar_t, K>(grad_out, in, acc, g, dilation, scratch);
@@ -268,43 +268,41 @@ FASTNAS_ALWAYS_INLINE void grad_weight_plane_unrolled(const scalar_t* grad_out, 
 }
 
 // Per-dtype entry points, each compiled for several ISAs (see cpu_clones.h).
-#define FASTNAS_CLONED_PLANE_KERNELS(scalar_t)                                                  \
-  FASTNAS_CPU_CLONES void forward_plane_cloned(const scalar_t* in, const scalar_t* w,           \
-                                               scalar_t bias, scalar_t* out,                    \
-                                               const PlaneGeometry& g, int64_t dilation) {      \
-    forward_plane<scalar_t>(in, w, bias, out, g, dilation);                                     \
-  }                                                                                             \
-  FASTNAS_CPU_CLONES void grad_input_plane_cloned(const scalar_t* grad_out, const scalar_t* w,  \
-                                                  scalar_t* grad_in, const PlaneGeometry& g,    \
-                                                  int64_t dilation) {                           \
-    grad_input_plane<scalar_t>(grad_out, w, grad_in, g, dilation);                              \
-  }                                                                                             \
-  FASTNAS_CPU_CLONES void grad_weight_plane_cloned(const scalar_t* grad_out, const scalar_t* in, \
-                                                   double* acc, const PlaneGeometry& g,         \
-                                                   int64_t dilation) {                          \
-    grad_weight_plane<scalar_t>(grad_out, in, acc, g, dilation);                                \
-  }
+#define FASTNAS_CLONED_PLANE_KERNELS(scalar_t)                                                        \
+  FASTNAS_MULTIVERSIONED(void, forward_plane_cloned, forward_plane<scalar_t>,                         \
+                         (const scalar_t* in, const scalar_t* w, scalar_t bias, scalar_t* out,        \
+                          const PlaneGeometry& g, int64_t dilation),                                  \
+                         (in, w, bias, out, g, dilation))                                             \
+  FASTNAS_MULTIVERSIONED(void, grad_input_plane_cloned, grad_input_plane<scalar_t>,                   \
+                         (const scalar_t* grad_out, const scalar_t* w, scalar_t* grad_in,             \
+                          const PlaneGeometry& g, int64_t dilation),                                  \
+                         (grad_out, w, grad_in, g, dilation))                                         \
+  FASTNAS_MULTIVERSIONED(void, grad_weight_plane_cloned, grad_weight_plane<scalar_t>,                 \
+                         (const scalar_t* grad_out, const scalar_t* in, double* acc,                  \
+                          const PlaneGeometry& g, int64_t dilation),                                  \
+                         (grad_out, in, acc, g, dilation))
 FASTNAS_CLONED_PLANE_KERNELS(float)
 FASTNAS_CLONED_PLANE_KERNELS(double)
 #undef FASTNAS_CLONED_PLANE_KERNELS
 
-#define FASTNAS_CLONED_UNROLLED_KERNELS(scalar_t, K)                                                 \
-  FASTNAS_CPU_CLONES void forward_plane_unrolled_cloned(                                                  \
-      std::integral_constant<int, K>, const scalar_t* in, const scalar_t* w, scalar_t bias,         \
-      scalar_t* out, const PlaneGeometry& g, int64_t dilation, PlaneScratch<scalar_t>& scratch) {   \
-    forward_plane_unrolled<scalar_t, K>(in, w, bias, out, g, dilation, scratch);                    \
-  }                                                                                                 \
-  FASTNAS_CPU_CLONES void grad_input_plane_unrolled_cloned(                                               \
-      std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* w,                  \
-      scalar_t* grad_in, const PlaneGeometry& g, int64_t dilation,                                  \
-      PlaneScratch<scalar_t>& scratch) {                                                            \
-    grad_input_plane_unrolled<scalar_t, K>(grad_out, w, grad_in, g, dilation, scratch);             \
-  }                                                                                                 \
-  FASTNAS_CPU_CLONES void grad_weight_plane_unrolled_cloned(                                              \
-      std::integral_constant<int, K>, const scalar_t* grad_out, const scalar_t* in, double* acc,    \
-      const PlaneGeometry& g, int64_t dilation, PlaneScratch<scalar_t>& scratch) {                  \
-    grad_weight_plane_unrolled<scalar_t, K>(grad_out, in, acc, g, dilation, scratch);               \
-  }
+#define FASTNAS_CLONED_UNROLLED_KERNELS(scalar_t, K)                                                  \
+  FASTNAS_MULTIVERSIONED(void, forward_plane_unrolled_cloned, (forward_plane_unrolled<scalar_t, K>),  \
+                         (std::integral_constant<int, K> unroll, const scalar_t* in, const scalar_t* w,\
+                          scalar_t bias, scalar_t* out, const PlaneGeometry& g, int64_t dilation,     \
+                          PlaneScratch<scalar_t>& scratch),                                           \
+                         (unroll, in, w, bias, out, g, dilation, scratch))                                    \
+  FASTNAS_MULTIVERSIONED(void, grad_input_plane_unrolled_cloned,                                      \
+                         (grad_input_plane_unrolled<scalar_t, K>),                                    \
+                         (std::integral_constant<int, K> unroll, const scalar_t* grad_out,            \
+                          const scalar_t* w, scalar_t* grad_in, const PlaneGeometry& g,               \
+                          int64_t dilation, PlaneScratch<scalar_t>& scratch),                         \
+                         (unroll, grad_out, w, grad_in, g, dilation, scratch))                                \
+  FASTNAS_MULTIVERSIONED(void, grad_weight_plane_unrolled_cloned,                                     \
+                         (grad_weight_plane_unrolled<scalar_t, K>),                                   \
+                         (std::integral_constant<int, K> unroll, const scalar_t* grad_out,            \
+                          const scalar_t* in, double* acc, const PlaneGeometry& g, int64_t dilation,  \
+                          PlaneScratch<scalar_t>& scratch),                                           \
+                         (unroll, grad_out, in, acc, g, dilation, scratch))
 FASTNAS_CLONED_UNROLLED_KERNELS(float, 3)
 FASTNAS_CLONED_UNROLLED_KERNELS(float, 5)
 FASTNAS_CLONED_UNROLLED_KERNELS(float, 7)
