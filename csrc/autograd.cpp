@@ -10,7 +10,7 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <string>
+#include <tuple>
 #include <vector>
 
 namespace fastnas {
