@@ -8,6 +8,7 @@
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--period", type=int, help="CAS period T (default 10 on the digits, 50 otherwise)")
     s.add_argument("--f-min", type=float, help="smallest target multiply-adds F_min")
     s.add_argument("--f-max", type=float, help="largest target multiply-adds F_max")
-    s.add_argument("--alpha", type=float, default=2.0, help="delta_anneal = (F_max - F_min) / (2 alpha)")
+    s.add_argument("--alpha", type=float,
+                   help="delta_anneal = (F_max - F_min) / (2 alpha) (default 2; 0.25 on --space nasbench201)")
     s.add_argument("--fast-lambda", type=float, default=0.8, help="lambda of the fast anneal, in (0, 1)")
     s.add_argument("--sms-target", type=float, help="F of the SMS reward (default F_max)")
     s.add_argument("--child-steps", type=int, help="shared-weight minibatches per step")
@@ -180,7 +182,8 @@ def _search_weight_sharing(args) -> int:
     steps = args.steps or ((10, 20, 30) if demo else (50, 50, 200))
     schedule = CasSchedule(f_min=f_min, f_max=f_max, period=args.period or (10 if demo else 50),
                            n_warm=steps[0], n_slow=steps[1], n_fast=steps[2],
-                           anneal_alpha=args.alpha, fast_lambda=args.fast_lambda)
+                           anneal_alpha=args.alpha if args.alpha is not None else CasSchedule.anneal_alpha,
+                           fast_lambda=args.fast_lambda)
     config = SearchConfig(
         space=args.space, strategy=strategy, dataset=args.dataset, variant=variant, width_mult=args.width_mult,
         resize=args.resize, schedule=schedule, sms_target=args.sms_target,
@@ -266,7 +269,7 @@ def _search_darts(args) -> int:
 
 
 def _search_tabular(args) -> int:
-    from fastnas.search.tabular import compare_strategies
+    from fastnas.search.tabular import TABULAR_SAMPLES_PER_STEP, compare_strategies, default_tabular_schedule
     from fastnas.spaces.nasbench201 import TabularBenchmark
 
     if not args.benchmark:
@@ -278,9 +281,14 @@ def _search_tabular(args) -> int:
         raise ValueError(f"--budget and --repeats must be >= 1, got {args.budget} and {args.repeats}")
     out = _writable(args.out)
     benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
+    overrides = {field: value for field, value in (("f_min", args.f_min), ("f_max", args.f_max),
+                                                   ("anneal_alpha", args.alpha), ("fast_lambda", args.fast_lambda))
+                 if value is not None}
+    schedule = dataclasses.replace(default_tabular_schedule(benchmark, args.budget, TABULAR_SAMPLES_PER_STEP),
+                                   **overrides)
     strategies = (strategy_choice, "random") if strategy_choice != "random" else ("random",)
     comparisons = compare_strategies(benchmark, strategies, args.budget,
-                                     range(args.seed, args.seed + args.repeats))
+                                     range(args.seed, args.seed + args.repeats), schedule)
     spread = f" over {args.repeats} seeds (mean ± sd)" if args.repeats > 1 else ""
     print(f"NAS-Bench-201 {args.benchmark_dataset}, {args.budget} queries "
           f"({100 * args.budget / len(benchmark):.1f}% of {len(benchmark)}), hypervolume ratio{spread}:")

@@ -120,6 +120,16 @@ def test_cli_tabular_search_reports_every_seed(tmp_path, capsys):
     runs = json.loads((out / "tabular.json").read_text())
     assert [r["seed"] for r in runs["cas"]] == [4, 5, 6]
     assert all(r["queries"] == 60 == len(r["queried"]) for r in runs["cas"] + runs["random"])
+    # Schedule flags apply to the tabular CAS too, and are checked before any search.
+    assert cli.main(["search", "--space", "nasbench201", "--benchmark", str(NATS_CSV), "--f-min", "3e8",
+                     "--f-max", "1e8", "--out", str(tmp_path / "bad")]) == 2
+    assert "F_min <= F_max" in capsys.readouterr().err
+    seed_alpha = tmp_path / "alpha2"
+    assert cli.main(["search", "--space", "nasbench201", "--benchmark", str(NATS_CSV), "--budget", "60",
+                     "--alpha", "2", "--seed", "4", "--out", str(seed_alpha)]) == 0
+    with_seed_alpha = json.loads((seed_alpha / "tabular.json").read_text())
+    assert with_seed_alpha["random"][0] == runs["random"][0]  # random search ignores the schedule
+    assert with_seed_alpha["cas"][0]["queried"] != runs["cas"][0]["queried"]
 
 
 # ---- data ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ MAX_SAMPLES_PER_QUERY = 20
 # so the tabular loop moves the controller proportionally faster.
 TABULAR_CONTROLLER_LR = 1e-2
 TABULAR_ANNEAL_ALPHA = 0.25
+TABULAR_SAMPLES_PER_STEP = 10  # the seed's N
 
 
 @dataclass
@@ -72,7 +73,7 @@ def tabular_search(
     benchmark: TabularBenchmark,
     strategy: str = "cas",
     budget: int = 500,
-    samples_per_step: int = 10,
+    samples_per_step: int = TABULAR_SAMPLES_PER_STEP,
     schedule: CasSchedule | None = None,
     seed: int = 0,
     **controller_options,
@@ -131,12 +132,13 @@ class StrategyComparison:
 
 
 def compare_strategies(benchmark: TabularBenchmark, strategies: Sequence[str], budget: int,
-                       seeds: Sequence[int]) -> list[StrategyComparison]:
+                       seeds: Sequence[int], schedule: CasSchedule | None = None) -> list[StrategyComparison]:
     """Each strategy over the same seeds and budget: one seed is noise (random search
     alone spans 0.85..0.94 hypervolume ratio at 500 queries)."""
     if not seeds:
         raise ValueError("compare_strategies needs at least one seed")
-    return [StrategyComparison(s, tuple(tabular_search(benchmark, s, budget=budget, seed=k) for k in seeds))
+    return [StrategyComparison(s, tuple(tabular_search(benchmark, s, budget=budget, schedule=schedule, seed=k)
+                                        for k in seeds))
             for s in strategies]
 
 
