@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -54,41 +55,64 @@ int64_t grid_for(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
 }
 
-template <typename scalar_t, typename index_t>
+// Kernels are templated on the candidate count (kCount > 0) so the per-candidate loops
+// unroll and the weight-gradient partial sums live in registers; kCount == 0 is the
+// general path for any count up to kMaxCandidates (its sums spill to local memory).
+constexpr int kMaxTemplatedCount = 8;
+
+template <int kCount>
+__device__ __forceinline__ int candidate_count(int runtime_count) {
+  return kCount > 0 ? kCount : runtime_count;
+}
+
+template <typename scalar_t, typename index_t, int kCount>
 __global__ void forward_kernel(PointerTable<const scalar_t> inputs, int num_inputs,
                                const at::opmath_type<scalar_t>* __restrict__ weights,
                                scalar_t* __restrict__ out, index_t numel) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  const int count = candidate_count<kCount>(num_inputs);
   for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<index_t>(gridDim.x) * blockDim.x) {
     acc_t acc = 0;
-    for (int j = 0; j < num_inputs; ++j) acc += weights[j] * static_cast<acc_t>(inputs.values[j][i]);
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (j < count) acc += weights[j] * static_cast<acc_t>(inputs.values[j][i]);
+    }
     out[i] = static_cast<scalar_t>(acc);
   }
 }
 
 // Block b writes partial[b][j] = its share of sum_i grad[i] * inputs[j][i].
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, int kCount>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad,
                                 PointerTable<const scalar_t> inputs, int num_inputs,
                                 const at::opmath_type<scalar_t>* __restrict__ weights,
                                 PointerTable<scalar_t> input_grads, bool need_input_grads,
                                 at::opmath_type<scalar_t>* __restrict__ partial, index_t numel) {
   using acc_t = at::opmath_type<scalar_t>;
-  acc_t dots[kMaxCandidates];
-  for (int j = 0; j < kMaxCandidates; ++j) dots[j] = 0;
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  const int count = candidate_count<kCount>(num_inputs);
+  acc_t dots[kSlots];
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) dots[j] = 0;
   for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<index_t>(gridDim.x) * blockDim.x) {
     const acc_t g = static_cast<acc_t>(grad[i]);
-    for (int j = 0; j < num_inputs; ++j) {
-      dots[j] += g * static_cast<acc_t>(inputs.values[j][i]);
-      if (need_input_grads) input_grads.values[j][i] = static_cast<scalar_t>(weights[j] * g);
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (j < count) {
+        dots[j] += g * static_cast<acc_t>(inputs.values[j][i]);
+        if (need_input_grads) input_grads.values[j][i] = static_cast<scalar_t>(weights[j] * g);
+      }
     }
   }
   __shared__ acc_t warp_sums[kThreads / 32];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  for (int j = 0; j < num_inputs; ++j) {
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) {
+    if (j >= count) break;
     acc_t v = dots[j];
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
     if (lane == 0) warp_sums[warp] = v;
@@ -96,10 +120,31 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad,
     if (threadIdx.x == 0) {
       acc_t total = 0;
       for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-      partial[blockIdx.x * num_inputs + j] = total;
+      partial[blockIdx.x * count + j] = total;
     }
     __syncthreads();
   }
+}
+
+// Calls launch(std::integral_constant<int, K>) with K = count for 1..kMaxTemplatedCount
+// candidates and 32-bit indices, else with K = 0 (the general kernel).
+template <typename Launch>
+void with_candidate_count(int count, bool small_index, const Launch& launch) {
+  if (small_index) {
+    switch (count) {
+      case 1: return launch(std::integral_constant<int, 1>{});
+      case 2: return launch(std::integral_constant<int, 2>{});
+      case 3: return launch(std::integral_constant<int, 3>{});
+      case 4: return launch(std::integral_constant<int, 4>{});
+      case 5: return launch(std::integral_constant<int, 5>{});
+      case 6: return launch(std::integral_constant<int, 6>{});
+      case 7: return launch(std::integral_constant<int, 7>{});
+      case 8: return launch(std::integral_constant<int, 8>{});
+      default: break;
+    }
+  }
+  static_assert(kMaxTemplatedCount == 8, "extend the switch above");
+  launch(std::integral_constant<int, 0>{});
 }
 
 at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
@@ -116,14 +161,17 @@ at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "mixed_op_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = input_table<scalar_t>(inputs);
-    if (numel > std::numeric_limits<int32_t>::max()) {
-      forward_kernel<scalar_t, int64_t><<<grid_for(numel), kThreads, 0, stream>>>(
-          table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), numel);
-    } else {
-      forward_kernel<scalar_t, int32_t><<<grid_for(numel), kThreads, 0, stream>>>(
-          table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
-          static_cast<int32_t>(numel));
-    }
+    const bool small_index = numel <= std::numeric_limits<int32_t>::max();
+    with_candidate_count(num_inputs, small_index, [&](auto count) {
+      constexpr int kCount = decltype(count)::value;
+      if (small_index) {
+        forward_kernel<scalar_t, int32_t, kCount><<<grid_for(numel), kThreads, 0, stream>>>(
+            table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(numel));
+      } else {
+        forward_kernel<scalar_t, int64_t, 0><<<grid_for(numel), kThreads, 0, stream>>>(
+            table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), numel);
+      }
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -156,15 +204,19 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
       for (size_t j = 0; j < output_grads.size(); ++j) {
         grads.values[j] = output_grads[j].data_ptr<scalar_t>();
       }
-      if (numel > std::numeric_limits<int32_t>::max()) {
-        backward_kernel<scalar_t, int64_t><<<blocks, kThreads, 0, stream>>>(
-            grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
-            need_output_grads, partial.data_ptr<acc_t>(), numel);
-      } else {
-        backward_kernel<scalar_t, int32_t><<<blocks, kThreads, 0, stream>>>(
-            grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
-            need_output_grads, partial.data_ptr<acc_t>(), static_cast<int32_t>(numel));
-      }
+      const bool small_index = numel <= std::numeric_limits<int32_t>::max();
+      with_candidate_count(num_inputs, small_index, [&](auto count) {
+        constexpr int kCount = decltype(count)::value;
+        if (small_index) {
+          backward_kernel<scalar_t, int32_t, kCount><<<blocks, kThreads, 0, stream>>>(
+              grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
+              need_output_grads, partial.data_ptr<acc_t>(), static_cast<int32_t>(numel));
+        } else {
+          backward_kernel<scalar_t, int64_t, 0><<<blocks, kThreads, 0, stream>>>(
+              grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
+              need_output_grads, partial.data_ptr<acc_t>(), numel);
+        }
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
