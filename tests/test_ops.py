@@ -185,6 +185,17 @@ def test_mixed_op_matches_reference(device, present):
             assert_matches(grad, ref_grad.to(dtype))
 
 
+@pytest.mark.parametrize("count", [1, 8, 11])  # CUDA: templated counts and the general kernel
+def test_mixed_op_candidate_counts(device, count):
+    outputs = [torch.randn(3, 4, 5, device=device, dtype=torch.float64, requires_grad=True) for _ in range(count)]
+    weights = torch.rand(count, device=device, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 4, 5, device=device, dtype=torch.float64)
+    fused = torch.autograd.grad(ops.mixed_op(outputs, weights), [weights, *outputs], grad)
+    plain = torch.autograd.grad(reference.mixed_op(outputs, weights), [weights, *outputs], grad)
+    for got, expected in zip(fused, plain):
+        torch.testing.assert_close(got, expected)
+
+
 def test_mixed_op_partial_gradients(device):
     """Frozen weights (the weight step of DARTS) and candidates that need no gradient: the
     others still get w_k * grad, and nothing is computed for the rest."""
