@@ -26,6 +26,15 @@ struct Dims {
 
 struct DilationTable {
   int64_t values[kMaxDilations];
+
+  // values[group] with static indices only: indexing a kernel-parameter array with a
+  // run-time index makes nvcc copy the whole table to local memory in every thread.
+  __device__ __forceinline__ int64_t of_group(int64_t group) const {
+    int64_t dilation = values[0];
+#pragma unroll
+    for (int i = 1; i < kMaxDilations; ++i) dilation = group == i ? values[i] : dilation;
+    return dilation;
+  }
 };
 
 DilationTable make_dilation_table(at::IntArrayRef dilations) {
@@ -55,7 +64,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
     const index_t oh = t % d.out_height;
     t /= d.out_height;
     const index_t c = t % d.channels;
-    const int64_t dil = table.values[dilation_group_of(c, d.channels_per_group)];
+    const int64_t dil = table.of_group(dilation_group_of(c, d.channels_per_group));
     const int64_t pad = same_padding(dil, K);
     const scalar_t* plane = x + t * d.height * d.width;
     const scalar_t* wc = w + c * K * K;
@@ -88,7 +97,7 @@ __global__ void grad_input_kernel(const scalar_t* __restrict__ grad_out,
     const index_t ih = t % d.height;
     t /= d.height;
     const index_t c = t % d.channels;
-    const int64_t dil = table.values[dilation_group_of(c, d.channels_per_group)];
+    const int64_t dil = table.of_group(dilation_group_of(c, d.channels_per_group));
     const int64_t pad = same_padding(dil, K);
     const scalar_t* plane = grad_out + t * d.out_height * d.out_width;
     const scalar_t* wc = w + c * K * K;
@@ -121,7 +130,7 @@ __global__ void grad_weight_kernel(const scalar_t* __restrict__ grad_out,
   const int64_t c = blockIdx.x;
   const int64_t split = blockIdx.y;
   const int64_t splits = gridDim.y;
-  const int64_t dil = table.values[dilation_group_of(c, d.channels_per_group)];
+  const int64_t dil = table.of_group(dilation_group_of(c, d.channels_per_group));
   const int64_t pad = same_padding(dil, K);
   const int64_t positions = batch * d.out_height * d.out_width;
   acc_t acc[K * K];
