@@ -16,7 +16,6 @@ namespace fastnas {
 namespace {
 
 constexpr int64_t kChunk = 16384;
-constexpr int64_t kTile = 2048;  // 8 KiB of float: a quarter of L1
 
 std::vector<at::Tensor> contiguous_outputs(at::TensorList outputs) {
   std::vector<at::Tensor> result;
@@ -76,13 +75,8 @@ at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
     }
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, numel, kChunk, [&](int64_t begin, int64_t end) {
-      // Tile a thread's range so the destination stays in L1 while every candidate
-      // is added into it: the sources are then the only memory stream.
-      for (int64_t tile = begin; tile < end; tile += kTile) {
-        const int64_t tile_end = std::min(end, tile + kTile);
-        for (size_t j = 0; j < src.size(); ++j) {
-          scaled_add_cloned(dst, src[j], coef[j], /*overwrite=*/j == 0, tile, tile_end);
-        }
+      for (size_t j = 0; j < src.size(); ++j) {
+        scaled_add_cloned(dst, src[j], coef[j], /*overwrite=*/j == 0, begin, end);
       }
     });
   });
