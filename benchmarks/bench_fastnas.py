@@ -36,6 +36,22 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def saved_activation_bytes(forward) -> int:
+    """Bytes of the tensors autograd keeps for the backward of forward() (each storage
+    once, parameters excluded): the activation memory that dominates a training step's
+    peak, measurable on any device."""
+    storages = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
+
+
 def _run(benchmark, fn, info: dict):
     """Times fn (synchronised), recording its case description and, on CUDA, peak memory."""
     rounds, warmup = (3, 1) if QUICK else ((50, 5) if ON_CUDA else (10, 2))
@@ -151,6 +167,36 @@ def test_mixed_op(benchmark, dtype, mode, impl):
         "bytes": (k + 1) * outputs[0].numel() * element})
 
 
+DARTS_EDGE_NORMALIZED = (True, True, True, True, True, True, False)  # pools, 4 convs, identity
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_batch_norm_mixed_op(benchmark, dtype, mode, impl):
+    """A DARTS edge's final BNs (affine=False) + weighted sum over its 7 computed candidates."""
+    n, c, hw = _batch(64), 16, 32
+    outputs = [_leaf(n, c, hw, hw, dtype=dtype) for _ in DARTS_EDGE_NORMALIZED]
+    weights = torch.softmax(torch.randn(len(outputs), device=DEVICE), 0).requires_grad_()
+    norms = [torch.nn.BatchNorm2d(c, affine=False).to(DEVICE) if normalized else None
+             for normalized in DARTS_EDGE_NORMALIZED]
+
+    def fused(w, *outs):
+        return ops.batch_norm_mixed_op(outs, w, norms)
+
+    def plain(w, *outs):
+        return reference.batch_norm_mixed_op(outs, w, norms)
+
+    fn = _impl_fn(impl, fused, plain)
+    element = torch.finfo(dtype).bits // 8
+    # what the fused forward moves: a statistics pass over the normalised inputs, then
+    # every input read and the output written
+    passes = sum(DARTS_EDGE_NORMALIZED) + len(outputs) + 1
+    _run(benchmark, _step(fn, (weights, *outputs), mode), {
+        "op": "batch_norm_mixed_op", "case": f"N{n} C{c} {hw}x{hw} K7", "dtype": str(dtype), "mode": mode,
+        "impl": impl, "bytes": passes * outputs[0].numel() * element})
+
+
 # ---- end to end -----------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", ["fastnas", "eager"])
 def test_canas_training_step(benchmark, impl):
@@ -171,7 +217,8 @@ def test_canas_training_step(benchmark, impl):
         optimizer.step()
 
     _run(benchmark, step, {"op": "canas_step", "case": f"N{n} 32x32 dilated g1-8", "dtype": "torch.float32",
-                           "mode": "fwdbwd", "impl": impl})
+                           "mode": "fwdbwd", "impl": impl,
+                           "saved_bytes": saved_activation_bytes(lambda: supernet(x, arch))})
 
 
 @pytest.mark.parametrize("impl", ["fastnas", "eager"])
@@ -200,4 +247,4 @@ def test_darts_search_step(benchmark, impl):
         w_opt.step()
 
     _run(benchmark, step, {"op": "darts_step", "case": f"N{n} C16 8 cells 32x32", "dtype": "torch.float32",
-                           "mode": "fwdbwd", "impl": impl})
+                           "mode": "fwdbwd", "impl": impl, "saved_bytes": saved_activation_bytes(lambda: model(x))})

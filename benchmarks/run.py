@@ -4,8 +4,10 @@
     python benchmarks/run.py --quick    # few rounds (CI), same table
 
 Speedup = baseline time / fastnas time (above 1: fastnas is faster), median of rounds.
-On CUDA the table also gives the share of measured device bandwidth that the forward
-of the memory-bound ops reaches, and the peak-memory ratio of the end-to-end steps.
+"act" is the end-to-end steps' activation memory ratio (bytes autograd saves for the
+backward, fastnas / baseline; any device). On CUDA the table also gives the share of
+measured device bandwidth that the forward of the memory-bound ops reaches, and the
+peak-memory ratio of the end-to-end steps.
 Each row is read against the goals of the project and marked when one is missed.
 """
 
@@ -21,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MEMORY_BOUND = {"multi_dilation_dwconv2d", "mixed_op"}
+MEMORY_BOUND = {"multi_dilation_dwconv2d", "mixed_op", "batch_norm_mixed_op"}
 
 
 def measured_bandwidth() -> float:
@@ -58,9 +60,9 @@ def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tup
         key = (info["op"], info["case"], info["dtype"], info["mode"])
         groups[key][info["impl"]] = {"median_s": b["stats"]["median"], **info}
     rows, lines = [], []
-    header = f"{'op':<24} {'case':<26} {'dtype':<9} {'mode':<7} {'fastnas':>9} {'eager':>9} {'speedup':>8}"
+    header = f"{'op':<24} {'case':<26} {'dtype':<9} {'mode':<7} {'fastnas':>9} {'eager':>9} {'speedup':>8} {'act':>5}"
     if on_cuda:
-        header += f" {'compile':>9} {'vs comp':>8} {'fwd BW':>7} {'mem':>6}"
+        header += f" {'compile':>9} {'vs comp':>8} {'fwd BW':>7} {'peak':>5}"
     lines += [header, "-" * len(header)]
     for key in sorted(groups):
         impls = groups[key]
@@ -77,16 +79,20 @@ def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tup
             row["bandwidth_fraction"] = impls["fastnas"]["bytes"] / ours / bandwidth
         if "peak_memory_bytes" in impls["fastnas"] and op in ("canas_step", "darts_step"):
             row["peak_memory_ratio"] = impls["fastnas"]["peak_memory_bytes"] / impls["eager"]["peak_memory_bytes"]
+        if "saved_bytes" in impls["fastnas"]:
+            row["saved_activation_ratio"] = impls["fastnas"]["saved_bytes"] / impls["eager"]["saved_bytes"]
         missed = [f"{name} < {need}x" for name, need in goals(op, mode, on_cuda).items()
                   if row.get(f"speedup_vs_{name}", need) < need]
         if row.get("bandwidth_fraction", 1.0) < 0.6:
             missed.append("bandwidth < 60%")
         if op == "darts_step" and row.get("peak_memory_ratio", 0.0) > 0.75:
             missed.append("peak memory > 0.75x")
+        if op == "darts_step" and row.get("saved_activation_ratio", 0.0) > 0.75:
+            missed.append("saved activations > 0.75x")
         row["goals_missed"] = missed
         rows.append(row)
         line = (f"{op:<24} {case:<26} {dtype.replace('torch.', ''):<9} {mode:<7} {row['fastnas_ms']:8.3f}m "
-                f"{row['eager_ms']:8.3f}m {row['speedup_vs_eager']:7.2f}x")
+                f"{row['eager_ms']:8.3f}m {row['speedup_vs_eager']:7.2f}x {row.get('saved_activation_ratio', float('nan')):5.2f}")
         if on_cuda:
             line += (f" {row.get('compile_ms', float('nan')):8.3f}m {row.get('speedup_vs_compile', float('nan')):7.2f}x"
                      f" {100 * row.get('bandwidth_fraction', float('nan')):6.1f}% {row.get('peak_memory_ratio', float('nan')):5.2f}")

@@ -250,6 +250,65 @@ at::Tensor mixed_op_autograd(at::TensorList outputs, const at::Tensor& weights, 
   return PassThroughMixedSumFunction::apply(at::TensorList(scaled), weights, indices);
 }
 
+// ---- batch-normalised mixed op ----
+// Saves the candidates' un-normalised inputs and the (J, C) statistics, never the
+// normalised outputs: that is the memory a DARTS edge saves over BN modules + mixed op.
+class BatchNormMixedOpFunction : public torch::autograd::Function<BatchNormMixedOpFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::TensorList outputs, const at::Tensor& weights,
+                               at::IntArrayRef indices, const c10::List<bool>& normalize, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mean, invstd] =
+        fastnas_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(at::TensorList, const at::Tensor&, at::IntArrayRef,
+                                                                  const c10::List<bool>&, double)>(
+            "fastnas::batch_norm_mixed_op")
+            .call(outputs, weights, indices, normalize, eps);
+    std::vector<at::Tensor> saved(outputs.begin(), outputs.end());
+    saved.push_back(weights);
+    saved.push_back(mean);
+    saved.push_back(invstd);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["indices"] = indices.vec();
+    ctx->saved_data["normalize"] = normalize;
+    ctx->mark_non_differentiable({mean, invstd});
+    return {out, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor invstd = saved.back();
+    saved.pop_back();
+    const at::Tensor mean = saved.back();
+    saved.pop_back();
+    const at::Tensor weights = saved.back();
+    saved.pop_back();
+    const auto count = saved.size();
+    bool need_output_grads = false;
+    for (size_t j = 0; j < count; ++j) need_output_grads = need_output_grads || ctx->needs_input_grad(j);
+    auto [output_grads, grad_weights] =
+        fastnas_op<std::tuple<std::vector<at::Tensor>, at::Tensor>(
+            const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, const c10::List<bool>&,
+            const at::Tensor&, const at::Tensor&, bool)>("fastnas::batch_norm_mixed_op_backward")
+            .call(grads[0], saved, weights, ctx->saved_data["indices"].toIntVector(),
+                  ctx->saved_data["normalize"].toBoolList(), mean, invstd, need_output_grads);
+    variable_list result(count + 4);
+    for (size_t j = 0; j < count && need_output_grads; ++j) {
+      if (ctx->needs_input_grad(j)) result[j] = output_grads[j];
+    }
+    if (ctx->needs_input_grad(count)) result[count] = grad_weights;
+    return result;  // indices, normalize and eps stay undefined
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_autograd(at::TensorList outputs,
+                                                                            const at::Tensor& weights,
+                                                                            at::IntArrayRef indices,
+                                                                            const c10::List<bool>& normalize,
+                                                                            double eps) {
+  variable_list result = BatchNormMixedOpFunction::apply(outputs, weights, indices, normalize, eps);
+  return {result[0], result[1], result[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnas, Autograd, m) {
@@ -257,6 +316,7 @@ TORCH_LIBRARY_IMPL(fastnas, Autograd, m) {
   m.impl("shuffle_gconv1x1", &shuffle_gconv1x1_autograd);
   m.impl("multi_dilation_dwconv2d", &multi_dilation_dwconv2d_autograd);
   m.impl("mixed_op", &mixed_op_autograd);
+  m.impl("batch_norm_mixed_op", &batch_norm_mixed_op_autograd);
 }
 
 }  // namespace fastnas

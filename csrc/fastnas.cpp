@@ -107,6 +107,26 @@ void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
   }
 }
 
+int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
+                                       at::IntArrayRef indices, const c10::List<bool>& normalize,
+                                       double eps) {
+  check_mixed_op_args(outputs, weights, indices);
+  const at::Tensor& first = outputs.front();
+  FASTNAS_CHECK(first.dim() == 4, "outputs must be 4-D tensors shaped (N, C, H, W) for batch "
+                "normalisation, got shape ", first.sizes());
+  FASTNAS_CHECK(normalize.size() == outputs.size(), "got ", normalize.size(),
+                " normalize flags for ", outputs.size(),
+                " computed outputs; pass one flag per computed output");
+  FASTNAS_CHECK(eps > 0, "eps must be > 0, got ", eps);
+  const int64_t count = first.size(0) * first.size(2) * first.size(3);
+  bool any_normalized = false;
+  for (const bool flag : normalize) any_normalized = any_normalized || flag;
+  FASTNAS_CHECK(!any_normalized || count > 1, "batch normalisation needs more than one value "
+                "per channel, got outputs of shape ", first.sizes(),
+                "; use a batch of 2 or more, or eval mode");
+  return count;
+}
+
 std::string build_info() {
   std::ostringstream json;
   json << "{\"torch\": \"" << TORCH_VERSION << "\", \"cuda\": "
@@ -150,4 +170,14 @@ TORCH_LIBRARY(fastnas, m) {
   m.def(
       "mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"
       " bool need_output_grads) -> (Tensor[], Tensor)");
+
+  // sum_j weights[indices[j]] * bn(outputs[j]), bn = batch norm without affine over the
+  // batch statistics where normalize[j] (identity otherwise). Also returns the per-(j, C)
+  // mean and 1/sqrt(var + eps) (0 and 1 where not normalised), in the accumulation type.
+  m.def(
+      "batch_norm_mixed_op(Tensor[] outputs, Tensor weights, int[] indices, bool[] normalize,"
+      " float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"
+      " bool[] normalize, Tensor mean, Tensor invstd, bool need_output_grads) -> (Tensor[], Tensor)");
 }

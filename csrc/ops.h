@@ -20,4 +20,12 @@ std::pair<int64_t, int64_t> check_multi_dilation_args(const at::Tensor& x,
 void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
                          at::IntArrayRef indices);
 
+// ---- batch-normalised mixed op ----
+// The mixed op's checks, plus: (N, C, H, W) outputs, one normalize flag per computed
+// output, eps > 0, and more than one value per channel when anything is normalised.
+// Returns the number of values per channel, N*H*W.
+int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
+                                       at::IntArrayRef indices, const c10::List<bool>& normalize,
+                                       double eps);
+
 }  // namespace fastnas

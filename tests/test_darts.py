@@ -95,6 +95,24 @@ def test_multilevel_keys_and_fused_plain_agreement():
     assert "alphas.low_normal" in fused.state_dict()
 
 
+def test_fused_and_plain_supernets_agree_in_a_training_step():
+    """Training mode (batch statistics, the fused batch_norm_mixed_op path): the loss,
+    the gradients of weights and alphas, and every BN's running statistics after it."""
+    torch.manual_seed(0)
+    fused = D.DartsSupernet(4, 10, 5).double()
+    plain = D.DartsSupernet(4, 10, 5, fused=False).double()
+    plain.load_state_dict(fused.state_dict())
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    losses = [torch.nn.functional.cross_entropy(model(x), y) for model in (fused, plain)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    for (name, b), c in zip(fused.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(b, c, msg=name)
+
+
 def _tiny(**overrides):
     options = dict(multilevel=True, channels=4, layers=5, epochs=2, steps_per_epoch=2, batch_size=16, eval_batches=1)
     options.update(overrides)

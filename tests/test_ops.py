@@ -213,7 +213,7 @@ def test_mixed_op_partial_gradients(device):
 
 def test_autograd_is_registered_in_cpp():
     # A Python autograd formula costs 100-300 us per call (see csrc/autograd.cpp).
-    for name in ("channel_shuffle", "shuffle_gconv1x1", "multi_dilation_dwconv2d", "mixed_op"):
+    for name in ("channel_shuffle", "shuffle_gconv1x1", "multi_dilation_dwconv2d", "mixed_op", "batch_norm_mixed_op"):
         registrations = torch._C._dispatch_dump(f"fastnas::{name}").splitlines()
         (autograd,) = [line for line in registrations if line.startswith("Autograd")]
         assert "csrc/autograd.cpp" in autograd and "[ boxed unboxed ]" in autograd
@@ -248,6 +248,100 @@ def test_mixed_op_module_runs_only_active_candidates(device):
     torch.testing.assert_close(out, 3 * x)
 
 
+# ---- batch-normalised mixed op -------------------------------------------------------
+def _edge_norms(count, channels, device, momentum=0.1):
+    """BN(affine=False) modules for every candidate but the second (used as is)."""
+    return [None if k == 1 else torch.nn.BatchNorm2d(channels, affine=False, momentum=momentum).to(device)
+            for k in range(count)]
+
+
+def _wide_copies(norms):
+    import copy
+    return [None if n is None else copy.deepcopy(n).double() for n in norms]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_mixed_op_matches_reference(device, momentum):
+    """Outputs far from zero mean (the statistics must not cancel), a skipped candidate,
+    a candidate used as is; output, every gradient and the running statistics."""
+    for dtype in dtypes_for(device):
+        present = [True, True, False, True]
+        outputs = [(torch.randn(3, 5, 7, 6, device=device) * 0.5 + 4 * k).to(dtype).requires_grad_() if p else None
+                   for k, p in enumerate(present)]
+        weights = torch.tensor([0.3, 0.2, 0.0, 0.5], device=device, requires_grad=True)
+        norms = _edge_norms(4, 5, device, momentum)
+        reference_norms = _wide_copies(norms)
+        grad = torch.randn(3, 5, 7, 6, device=device, dtype=torch.float64)
+        leaves = [weights] + [o for o in outputs if o is not None]
+
+        def call(fn, tensors, norm_list):
+            it = iter(tensors[1:])
+            return fn([next(it) if p else None for p in present], tensors[0], norm_list)
+
+        for _ in range(2):  # twice: the running statistics blend two batches
+            out = call(ops.batch_norm_mixed_op, leaves, norms)
+            grads = torch.autograd.grad(out, leaves, grad.to(dtype))
+            wide = [t.detach().double().requires_grad_() for t in leaves]
+            ref_out = call(reference.batch_norm_mixed_op, wide, reference_norms)
+            ref_grads = torch.autograd.grad(ref_out, wide, grad)
+        assert_matches(out, ref_out.to(dtype))
+        assert_matches(grads[0], ref_grads[0].float())
+        for got, expected in zip(grads[1:], ref_grads[1:]):
+            assert_matches(got, expected.to(dtype))
+        for norm, ref, computed in zip(norms, reference_norms, present):
+            if norm is not None and computed:
+                torch.testing.assert_close(norm.running_mean, ref.running_mean.float(), rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(norm.running_var, ref.running_var.float(), rtol=1e-3, atol=1e-4)
+                assert int(norm.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("count", [1, 8, 11])  # CUDA: templated counts and the general kernel
+def test_batch_norm_mixed_op_candidate_counts(device, count):
+    outputs = [torch.randn(4, 3, 5, 5, device=device, dtype=torch.float64, requires_grad=True) for _ in range(count)]
+    weights = torch.rand(count, device=device, dtype=torch.float64, requires_grad=True)
+    norms = _wide_copies(_edge_norms(count, 3, device))
+    grad = torch.randn(4, 3, 5, 5, device=device, dtype=torch.float64)
+    fused = torch.autograd.grad(ops.batch_norm_mixed_op(outputs, weights, norms), [weights, *outputs], grad)
+    plain = torch.autograd.grad(reference.batch_norm_mixed_op(outputs, weights, norms), [weights, *outputs], grad)
+    for got, expected in zip(fused, plain):
+        torch.testing.assert_close(got, expected)
+
+
+def test_batch_norm_mixed_op_eval_mode_uses_running_statistics(device):
+    outputs = [torch.randn(2, 3, 4, 4, device=device) + 1 for _ in range(3)]
+    weights = torch.tensor([0.2, 0.3, 0.5], device=device)
+    norms = _edge_norms(3, 3, device)
+    for norm in norms[::2]:
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.eval()
+    torch.testing.assert_close(ops.batch_norm_mixed_op(outputs, weights, norms),
+                               reference.batch_norm_mixed_op(outputs, weights, norms))
+
+
+def test_batch_norm_mixed_op_saves_no_normalised_output():
+    """What the fused edge is for: the tensors kept for the backward are the candidates'
+    inputs and small statistics, not one normalised copy per candidate."""
+    outputs = [torch.randn(8, 4, 16, 16, requires_grad=True) for _ in range(3)]
+    weights = torch.rand(3, requires_grad=True)
+    norms = _edge_norms(3, 4, "cpu")
+
+    def saved_bytes(fn):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(outputs, weights, norms)
+        own = {o.untyped_storage().data_ptr() for o in outputs} | {weights.untyped_storage().data_ptr()}
+        return sum(size for ptr, size in storages.items() if ptr not in own)
+
+    assert saved_bytes(ops.batch_norm_mixed_op) <= 2 * 3 * 4 * 4  # mean + invstd, (3, 4) float32
+    assert saved_bytes(reference.batch_norm_mixed_op) >= 2 * outputs[0].numel() * 4
+
+
 # ---- gradcheck, opcheck, compile --------------------------------------------------
 def test_gradcheck_all_ops(device):
     kw = dict(device=device, dtype=torch.float64, requires_grad=True)
@@ -269,6 +363,11 @@ def test_gradcheck_all_ops(device):
         lambda w, a, b: ops.mixed_op([a, None, b], torch.cat([w[:1], zero, w[1:]])), (weights, *outs)
     )
     assert torch.autograd.gradcheck(lambda a: ops.channel_shuffle(a, 4), (x,))
+    bn_outs = [torch.randn(3, 2, 3, 2, **kw) + k for k in range(3)]
+    assert torch.autograd.gradcheck(
+        lambda w, *o: torch.ops.fastnas.batch_norm_mixed_op(list(o), w, [0, 1, 2], [True, False, True], 1e-5)[0],
+        (torch.tensor([0.2, 0.5, 0.3], **kw), *bn_outs),
+    )
 
 
 def test_opcheck_all_ops(device):
@@ -285,6 +384,7 @@ def test_opcheck_all_ops(device):
         (lib.shuffle_gconv1x1.default, (x, w1, None, 2, 4)),
         (lib.multi_dilation_dwconv2d.default, (x, w2, [1, 2], None, 2)),
         (lib.mixed_op.default, ([outs[0], outs[1]], weights, [0, 2])),
+        (lib.batch_norm_mixed_op.default, ([x, x * 2], weights, [0, 2], [True, False], 1e-5)),
         (lib.shuffle_gconv1x1_grad_input.default, (x.detach(), w1.detach(), 2, 2)),
         (lib.shuffle_gconv1x1_grad_weight.default, (x.detach(), x.detach(), 2, 2)),
         (lib.multi_dilation_dwconv2d_grad_input.default, (x.detach(), w2.detach(), [1, 2], 1, [2, 8, 5, 4])),
@@ -300,26 +400,31 @@ class _TinyNet(torch.nn.Module):
         self.pw = ops.ShuffleGConv1x1(8, 16, groups=4)
         self.dw = ops.MultiDilationDWConv2d(16, dilations=(1, 2))
         self.alpha = torch.nn.Parameter(torch.randn(2))
+        self.norms = torch.nn.ModuleList([torch.nn.BatchNorm2d(16, affine=False), torch.nn.BatchNorm2d(16, affine=False)])
 
     def forward(self, x):
         y = self.pw(x)
         z = self.dw(y)
-        return ops.mixed_op([y, z], torch.softmax(self.alpha, 0)).relu().mean((2, 3))
+        mixed = ops.mixed_op([y, z], torch.softmax(self.alpha, 0)).relu()
+        normalised = ops.batch_norm_mixed_op([mixed, z], torch.softmax(self.alpha, 0), [self.norms[0], None])
+        return normalised.mean((2, 3))
 
 
 def test_torch_compile_fullgraph(device):
+    import copy
     model = _TinyNet().to(device)
+    twin = copy.deepcopy(model)
     x = torch.randn(2, 8, 6, 6, device=device)
     eager = model(x)
     eager.sum().backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")
     out = compiled(x)
     out.sum().backward()
     torch.testing.assert_close(out, eager)
-    for p, g in zip(model.parameters(), eager_grads):
-        torch.testing.assert_close(p.grad, g)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+    for b, c in zip(model.buffers(), twin.buffers()):  # running statistics updated alike
+        torch.testing.assert_close(c, b)
 
 
 # ---- modules ----------------------------------------------------------------------
@@ -374,6 +479,15 @@ def test_errors_name_the_argument_and_fix():
         ops.mixed_op([x, x[:1]], torch.ones(2))
     with pytest.raises(ValueError, match=r"in_channels=6 is not divisible by groups=4"):
         ops.ShuffleGConv1x1(6, 8, groups=4)
+    bn = torch.nn.BatchNorm2d(6, affine=False)
+    with pytest.raises(ValueError, match=r"norms\[1\] is BatchNorm2d.*pass nn.BatchNorm2d\(affine=False\)"):
+        ops.batch_norm_mixed_op([x, x], torch.ones(2), [bn, torch.nn.BatchNorm2d(6)])
+    with pytest.raises(ValueError, match=r"got 2 outputs, 1 norms"):
+        ops.batch_norm_mixed_op([x, x], torch.ones(2), [bn])
+    with pytest.raises(RuntimeError, match=r"more than one value per channel"):
+        ops.batch_norm_mixed_op([x[:1, :, :1, :1]], torch.ones(1), [bn])
+    with pytest.raises(RuntimeError, match=r"outputs must be 4-D tensors shaped \(N, C, H, W\)"):
+        ops.batch_norm_mixed_op([x[0]], torch.ones(1), [None])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -86,4 +86,39 @@ FASTNAS_ALWAYS_INLINE scalar_t dot_and_scale_vec(const scalar_t* __restrict__ a,
   return total;
 }
 
+// sum_i (a[i] - a_shift) and sum_i (a[i] - a_shift) * (b[i] - b_shift), vectorised the
+// same way. With a = b it gives shifted first and second moments.
+template <typename scalar_t>
+FASTNAS_ALWAYS_INLINE void shifted_pair_sums_vec(const scalar_t* __restrict__ a, scalar_t a_shift,
+                                                 const scalar_t* __restrict__ b, scalar_t b_shift, int64_t n,
+                                                 scalar_t* sum_a, scalar_t* sum_ab) {
+  using vec = typename Vector32<scalar_t>::type;
+  constexpr int64_t kWidth = 32 / sizeof(scalar_t);
+  vec acc_a = {}, acc_ab = {};
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    vec va, vb;
+    std::memcpy(&va, a + i, sizeof(vec));
+    std::memcpy(&vb, b + i, sizeof(vec));
+    va -= a_shift;
+    vb -= b_shift;
+    acc_a += va;
+    acc_ab += va * vb;
+  }
+  scalar_t total_a = 0, total_ab = 0;
+  for (; i < n; ++i) {
+    total_a += a[i] - a_shift;
+    total_ab += (a[i] - a_shift) * (b[i] - b_shift);
+  }
+  scalar_t lanes_a[kWidth], lanes_ab[kWidth];
+  std::memcpy(lanes_a, &acc_a, sizeof(vec));
+  std::memcpy(lanes_ab, &acc_ab, sizeof(vec));
+  for (int64_t l = 0; l < kWidth; ++l) {
+    total_a += lanes_a[l];
+    total_ab += lanes_ab[l];
+  }
+  *sum_a = total_a;
+  *sum_ab = total_ab;
+}
+
 }  // namespace fastnas

@@ -1,6 +1,9 @@
 // Weighted sum of candidate outputs on CUDA. One launch reads every computed
 // candidate once; the backward reads the gradient once, writes every candidate's
 // gradient and reduces the weight gradients per block (deterministic two-stage sum).
+// The batch-normalised variant (a DARTS edge: BN without affine at the end of each
+// candidate, then the weighted sum) adds one per-(candidate, channel) reduction before
+// each pass and never materialises the normalised outputs.
 // The weights stay on the device: nothing here synchronises with the host.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../normalization_math.h"
 #include "../ops.h"
 
 namespace fastnas {
@@ -227,11 +231,299 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
   return {output_grads, grad_weights};
 }
 
+// ---- batch-normalised mixed op ----------------------------------------------------------
+constexpr int kReduceThreads = 512;
+
+// inputs.values[index] read with static indices only: a run-time index into a by-value
+// kernel argument makes nvcc copy the whole table to local memory.
+template <int kCount, typename T>
+__device__ __forceinline__ T* pointer_at(const PointerTable<T>& table, int index) {
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  T* result = table.values[0];
+#pragma unroll
+  for (int j = 1; j < kSlots; ++j) {
+    if (j == index) result = table.values[j];
+  }
+  return result;
+}
+
+// Sums two per-thread values over the block; the totals are valid in thread 0.
+template <typename acc_t>
+__device__ __forceinline__ void block_sum_pair(acc_t* first, acc_t* second) {
+  __shared__ acc_t shared_first[kReduceThreads / 32], shared_second[kReduceThreads / 32];
+  acc_t a = *first, b = *second;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    a += __shfl_down_sync(0xffffffffu, a, offset);
+    b += __shfl_down_sync(0xffffffffu, b, offset);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) {
+    shared_first[warp] = a;
+    shared_second[warp] = b;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    a = 0;
+    b = 0;
+    for (int w = 0; w < kReduceThreads / 32; ++w) {
+      a += shared_first[w];
+      b += shared_second[w];
+    }
+    *first = a;
+    *second = b;
+  }
+}
+
+// Threads of a reduction block cover `rows` planes at a time, `lanes` threads per plane
+// (a multiple of 32), so small planes (8x8) still keep every thread busy.
+struct PlaneTiling {
+  int lanes, rows;
+  __device__ __forceinline__ static PlaneTiling of(int64_t plane) {
+    int lanes = kReduceThreads;
+    while (lanes > 32 && lanes / 2 >= plane) lanes /= 2;
+    return {lanes, kReduceThreads / lanes};
+  }
+};
+
+// Block (c, j): mean and invstd of candidate j's channel c over (N, H, W).
+template <typename scalar_t, int kCount>
+__global__ void __launch_bounds__(kReduceThreads) batch_norm_stats_kernel(
+    PointerTable<const scalar_t> inputs, uint32_t normalized_mask, int64_t batch, int64_t channels,
+    int64_t plane, double eps, at::opmath_type<scalar_t>* __restrict__ mean,
+    at::opmath_type<scalar_t>* __restrict__ invstd) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c = blockIdx.x;
+  const int j = blockIdx.y;
+  const int64_t slot = j * channels + c;
+  if (!((normalized_mask >> j) & 1u)) {
+    if (threadIdx.x == 0) {
+      mean[slot] = 0;
+      invstd[slot] = 1;
+    }
+    return;
+  }
+  const scalar_t* z = pointer_at<kCount>(inputs, j);
+  const acc_t shift = static_cast<acc_t>(z[c * plane]);
+  const PlaneTiling tiling = PlaneTiling::of(plane);
+  acc_t sum = 0, sum_sq = 0;
+  for (int64_t n = threadIdx.x / tiling.lanes; n < batch; n += tiling.rows) {
+    const scalar_t* row = z + (n * channels + c) * plane;
+    for (int64_t p = threadIdx.x % tiling.lanes; p < plane; p += tiling.lanes) {
+      const acc_t v = static_cast<acc_t>(row[p]) - shift;
+      sum += v;
+      sum_sq += v * v;
+    }
+  }
+  block_sum_pair(&sum, &sum_sq);
+  if (threadIdx.x == 0) finalize_moments(sum, sum_sq, batch * plane, shift, eps, &mean[slot], &invstd[slot]);
+}
+
+// Block (c, j): sum(g) and sum(g * x_j) over channel c, x_j the normalised candidate j
+// (the candidate itself where it is not normalised: mean 0, invstd 1).
+template <typename scalar_t, int kCount>
+__global__ void __launch_bounds__(kReduceThreads) batch_norm_grad_sums_kernel(
+    const scalar_t* __restrict__ grad, PointerTable<const scalar_t> inputs, int64_t batch,
+    int64_t channels, int64_t plane, const at::opmath_type<scalar_t>* __restrict__ mean,
+    const at::opmath_type<scalar_t>* __restrict__ invstd, at::opmath_type<scalar_t>* __restrict__ sum_g,
+    at::opmath_type<scalar_t>* __restrict__ sum_gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c = blockIdx.x;
+  const int j = blockIdx.y;
+  const int64_t slot = j * channels + c;
+  const scalar_t* z = pointer_at<kCount>(inputs, j);
+  const acc_t shift = static_cast<acc_t>(z[c * plane]);
+  const PlaneTiling tiling = PlaneTiling::of(plane);
+  acc_t g_total = 0, gz_total = 0;
+  for (int64_t n = threadIdx.x / tiling.lanes; n < batch; n += tiling.rows) {
+    const int64_t offset = (n * channels + c) * plane;
+    for (int64_t p = threadIdx.x % tiling.lanes; p < plane; p += tiling.lanes) {
+      const acc_t g = static_cast<acc_t>(grad[offset + p]);
+      g_total += g;
+      gz_total += g * (static_cast<acc_t>(z[offset + p]) - shift);
+    }
+  }
+  block_sum_pair(&g_total, &gz_total);
+  if (threadIdx.x == 0) {
+    sum_g[slot] = g_total;
+    sum_gx[slot] = normalized_dot(gz_total, g_total, mean[slot], shift, invstd[slot]);
+  }
+}
+
+// Grid (x: spans of a plane, y: planes, strided): out = sum_j w_j * (z_j - mean) * invstd.
+template <typename scalar_t, int kCount>
+__global__ void batch_norm_mixed_forward_kernel(PointerTable<const scalar_t> inputs, int num_inputs,
+                                                const at::opmath_type<scalar_t>* __restrict__ weights,
+                                                const at::opmath_type<scalar_t>* __restrict__ mean,
+                                                const at::opmath_type<scalar_t>* __restrict__ invstd,
+                                                scalar_t* __restrict__ out, int64_t num_planes,
+                                                int64_t channels, int64_t plane) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  const int count = candidate_count<kCount>(num_inputs);
+  for (int64_t plane_index = blockIdx.y; plane_index < num_planes; plane_index += gridDim.y) {
+    const int64_t c = channel_of(plane_index, channels);
+    const int64_t offset = plane_index * plane;
+    for (int64_t p = blockIdx.x * blockDim.x + threadIdx.x; p < plane; p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      acc_t acc = 0;
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {
+        if (j < count) {
+          acc += normalized_term(weights[j], static_cast<acc_t>(inputs.values[j][offset + p]),
+                                 mean[j * channels + c], invstd[j * channels + c]);
+        }
+      }
+      out[offset + p] = static_cast<scalar_t>(acc);
+    }
+  }
+}
+
+// Same grid: every candidate's input gradient from the incoming gradient.
+template <typename scalar_t, int kCount>
+__global__ void batch_norm_mixed_backward_kernel(
+    const scalar_t* __restrict__ grad, PointerTable<const scalar_t> inputs, int num_inputs,
+    uint32_t normalized_mask, const at::opmath_type<scalar_t>* __restrict__ weights,
+    const at::opmath_type<scalar_t>* __restrict__ mean, const at::opmath_type<scalar_t>* __restrict__ invstd,
+    const at::opmath_type<scalar_t>* __restrict__ sum_g, const at::opmath_type<scalar_t>* __restrict__ sum_gx,
+    PointerTable<scalar_t> input_grads, int64_t num_planes, int64_t channels, int64_t plane, int64_t count_per_channel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  const int count = candidate_count<kCount>(num_inputs);
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(count_per_channel);
+  for (int64_t plane_index = blockIdx.y; plane_index < num_planes; plane_index += gridDim.y) {
+    const int64_t c = channel_of(plane_index, channels);
+    const int64_t offset = plane_index * plane;
+    for (int64_t p = blockIdx.x * blockDim.x + threadIdx.x; p < plane; p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const acc_t g = static_cast<acc_t>(grad[offset + p]);
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {
+        if (j < count) {
+          const int64_t slot = j * channels + c;
+          input_grads.values[j][offset + p] = static_cast<scalar_t>(normalized_input_grad(
+              ((normalized_mask >> j) & 1u) != 0, weights[j], g, static_cast<acc_t>(inputs.values[j][offset + p]),
+              mean[slot], invstd[slot], sum_g[slot] * inv_count, sum_gx[slot] * inv_count));
+        }
+      }
+    }
+  }
+}
+
+uint32_t normalized_bits(const c10::List<bool>& normalize) {
+  uint32_t mask = 0;
+  for (size_t j = 0; j < normalize.size(); ++j) {
+    if (normalize.get(j)) mask |= 1u << j;
+  }
+  return mask;
+}
+
+// Grid of the element-wise kernels: x covers one plane, y strides over the planes.
+dim3 plane_grid(int64_t num_planes, int64_t plane, int threads) {
+  const int64_t spans = std::min<int64_t>((plane + threads - 1) / threads, 64);
+  return dim3(static_cast<unsigned>(std::max<int64_t>(spans, 1)),
+              static_cast<unsigned>(std::max<int64_t>(std::min<int64_t>(num_planes, 65535), 1)));
+}
+
+int plane_threads(int64_t plane) {
+  return static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (plane + 31) / 32 * 32)));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cuda(
+    at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
+    const c10::List<bool>& normalize, double eps) {
+  check_batch_norm_mixed_op_args(outputs, weights, computed, normalize, eps);
+  const std::vector<at::Tensor> inputs = gather_inputs(outputs);
+  const c10::cuda::CUDAGuard guard(inputs.front().device());
+  const at::Tensor& first = inputs.front();
+  const int64_t batch = first.size(0), channels = first.size(1), plane = first.size(2) * first.size(3);
+  const int num_inputs = static_cast<int>(inputs.size());
+  const auto acc_type = at::toOpMathType(first.scalar_type());
+  auto out = at::empty(first.sizes(), first.options());
+  auto mean = at::zeros({num_inputs, channels}, first.options().dtype(acc_type));
+  auto invstd = at::ones({num_inputs, channels}, first.options().dtype(acc_type));
+  if (out.numel() == 0) return {out, mean, invstd};
+  const at::Tensor w = computed_weights(weights, computed, acc_type);
+  const uint32_t mask = normalized_bits(normalize);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "batch_norm_mixed_op_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto table = input_table<scalar_t>(inputs);
+    with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
+      constexpr int kCount = decltype(count)::value;
+      batch_norm_stats_kernel<scalar_t, kCount>
+          <<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream>>>(
+              table, mask, batch, channels, plane, eps, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int threads = plane_threads(plane);
+      batch_norm_mixed_forward_kernel<scalar_t, kCount><<<plane_grid(batch * channels, plane, threads), threads, 0, stream>>>(
+          table, num_inputs, w.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(),
+          out.data_ptr<scalar_t>(), batch * channels, channels, plane);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {out, mean, invstd};
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cuda(
+    const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
+    const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    bool need_output_grads) {
+  const int64_t count_per_channel = check_batch_norm_mixed_op_args(outputs, weights, computed, normalize, 1.0);
+  const std::vector<at::Tensor> inputs = gather_inputs(outputs);
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::Tensor grad = grad_in.contiguous();
+  const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);
+  const int num_inputs = static_cast<int>(inputs.size());
+  const auto acc_type = at::toOpMathType(grad.scalar_type());
+  const at::Tensor mean = mean_in.to(acc_type).contiguous(), invstd = invstd_in.to(acc_type).contiguous();
+  FASTNAS_CHECK(mean.sizes() == at::IntArrayRef({num_inputs, channels}) && mean.sizes() == invstd.sizes(),
+                "mean and invstd must be shaped (", num_inputs, ", ", channels,
+                "), as batch_norm_mixed_op returns them, got ", mean.sizes(), " and ", invstd.sizes());
+  std::vector<at::Tensor> output_grads;
+  if (need_output_grads) {
+    for (int j = 0; j < num_inputs; ++j) output_grads.push_back(at::empty_like(grad));
+  }
+  auto sum_g = at::zeros({num_inputs, channels}, grad.options().dtype(acc_type));
+  auto sum_gx = at::zeros({num_inputs, channels}, grad.options().dtype(acc_type));
+  if (grad.numel() > 0) {
+    const at::Tensor w = computed_weights(weights, computed, acc_type);
+    const uint32_t mask = normalized_bits(normalize);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "batch_norm_mixed_op_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto table = input_table<scalar_t>(inputs);
+      PointerTable<scalar_t> grads{};
+      for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
+      with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
+        constexpr int kCount = decltype(count)::value;
+        batch_norm_grad_sums_kernel<scalar_t, kCount>
+            <<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream>>>(
+                grad.data_ptr<scalar_t>(), table, batch, channels, plane, mean.data_ptr<acc_t>(),
+                invstd.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (need_output_grads) {
+          const int threads = plane_threads(plane);
+          batch_norm_mixed_backward_kernel<scalar_t, kCount><<<plane_grid(batch * channels, plane, threads), threads, 0, stream>>>(
+              grad.data_ptr<scalar_t>(), table, num_inputs, mask, w.data_ptr<acc_t>(), mean.data_ptr<acc_t>(),
+              invstd.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>(), grads, batch * channels,
+              channels, plane, count_per_channel);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  }
+  // d/dw_j = sum over the channels of sum(g * x_j); skipped candidates get zero.
+  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
+  const auto index = at::tensor(computed.vec(), at::kLong).to(weights.device(), /*non_blocking=*/true);
+  grad_weights.index_copy_(0, index, sum_gx.sum(1).to(weights.scalar_type()));
+  return {output_grads, grad_weights};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnas, CUDA, m) {
   m.impl("mixed_op", &mixed_op_cuda);
   m.impl("mixed_op_backward", &mixed_op_backward_cuda);
+  m.impl("batch_norm_mixed_op", &batch_norm_mixed_op_cuda);
+  m.impl("batch_norm_mixed_op_backward", &batch_norm_mixed_op_backward_cuda);
 }
 
 }  // namespace fastnas

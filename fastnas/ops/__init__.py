@@ -2,7 +2,13 @@
 (``fastnas.ops.reference``) they are tested against."""
 
 from fastnas.ops import reference
-from fastnas.ops.functional import channel_shuffle, mixed_op, multi_dilation_dwconv2d, shuffle_gconv1x1
+from fastnas.ops.functional import (
+    batch_norm_mixed_op,
+    channel_shuffle,
+    mixed_op,
+    multi_dilation_dwconv2d,
+    shuffle_gconv1x1,
+)
 from fastnas.ops.modules import ChannelShuffle, MixedOp, MultiDilationDWConv2d, ShuffleGConv1x1
 
 __all__ = [
@@ -10,6 +16,7 @@ __all__ = [
     "MixedOp",
     "MultiDilationDWConv2d",
     "ShuffleGConv1x1",
+    "batch_norm_mixed_op",
     "channel_shuffle",
     "mixed_op",
     "multi_dilation_dwconv2d",

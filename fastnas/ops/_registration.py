@@ -58,3 +58,21 @@ def _mixed_op_backward_fake(grad, outputs, weights, indices, need_output_grads):
     return output_grads, weights.new_empty(weights.shape)
 
 
+# ---- batch-normalised mixed op ---------------------------------------------------
+def _statistics_dtype(dtype):
+    # the kernels keep the (J, C) statistics in the accumulation type
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("fastnas::batch_norm_mixed_op")
+def _batch_norm_mixed_op_fake(outputs, weights, indices, normalize, eps):
+    first = outputs[0]
+    statistics = first.new_empty((len(outputs), first.shape[1]), dtype=_statistics_dtype(first.dtype))
+    return torch.empty_like(first, memory_format=torch.contiguous_format), statistics, torch.empty_like(statistics)
+
+
+@torch.library.register_fake("fastnas::batch_norm_mixed_op_backward")
+def _batch_norm_mixed_op_backward_fake(grad, outputs, weights, indices, normalize, mean, invstd, need_output_grads):
+    output_grads = [torch.empty_like(grad) for _ in outputs] if need_output_grads else []
+    return output_grads, weights.new_empty(weights.shape)
+

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from fastnas.ops import _registration  # noqa: F401  (fake + autograd kernels)
 
@@ -57,3 +58,66 @@ def mixed_op(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> t
         )
     indices = [k for k, out in enumerate(outputs) if out is not None]
     return _ops.mixed_op.default([outputs[k] for k in indices], weights, indices)
+
+
+def batch_norm_mixed_op(
+    outputs: Sequence[torch.Tensor | None],
+    weights: torch.Tensor,
+    norms: Sequence[nn.BatchNorm2d | None],
+) -> torch.Tensor:
+    """``sum_k weights[k] * norms[k](outputs[k])`` for (N, C, H, W) outputs, where norms[k]
+    is an ``nn.BatchNorm2d(affine=False)`` or None (outputs[k] is used as is): a DARTS
+    edge, whose candidates end in such a BN. While the norms use batch statistics
+    (training), it runs fused: the normalised outputs are never materialised, in the
+    forward nor saved for the backward, and each norm's running statistics are updated
+    as nn.BatchNorm2d updates them. Otherwise (eval) it applies the norms, then mixed_op.
+    None outputs are allowed where the weight is exactly zero, as in mixed_op."""
+    if weights.dim() != 1 or weights.shape[0] != len(outputs) or len(norms) != len(outputs):
+        raise ValueError(
+            f"got {len(outputs)} outputs, {len(norms)} norms and {tuple(weights.shape)} weights; "
+            "pass one norm (or None) and one weight per candidate output"
+        )
+    for k, norm in enumerate(norms):
+        if norm is not None and (not isinstance(norm, nn.BatchNorm2d) or norm.affine):
+            raise ValueError(
+                f"norms[{k}] is {norm!r}; pass nn.BatchNorm2d(affine=False) modules or None "
+                "(an affine BN can follow the mixed op instead)"
+            )
+    active = [k for k, out in enumerate(outputs) if out is not None]
+    used = [norms[k] for k in active if norms[k] is not None]
+    batch_statistics = [norm.training or not norm.track_running_stats for norm in used]
+    if not all(batch_statistics) or len({norm.eps for norm in used}) > 1:
+        return mixed_op([out if out is None or norm is None else norm(out) for out, norm in zip(outputs, norms)], weights)
+    eps = used[0].eps if used else 1e-5
+    out, mean, invstd = _ops.batch_norm_mixed_op.default(
+        [outputs[k] for k in active], weights, active, [norms[k] is not None for k in active], eps
+    )
+    _update_running_statistics([norms[k] for k in active], mean, invstd, eps, outputs[active[0]])
+    return out
+
+
+@torch.no_grad()
+def _update_running_statistics(norms, mean, invstd, eps, example):
+    """What nn.BatchNorm2d does to its buffers in a training step: count the batch, and
+    blend the batch mean and unbiased variance into the running ones."""
+    tracked = [j for j, norm in enumerate(norms) if norm is not None and norm.training and norm.track_running_stats]
+    if not tracked:
+        return
+    count = example.shape[0] * example.shape[2] * example.shape[3]
+    variance = (invstd.pow(-2) - eps) * (count / (count - 1))
+    means, variances = mean.unbind(0), variance.unbind(0)
+    tracked_norms = [norms[j] for j in tracked]
+    torch._foreach_add_([norm.num_batches_tracked for norm in tracked_norms], 1)
+    for momentum in dict.fromkeys(norm.momentum for norm in tracked_norms):
+        group = [j for j in tracked if norms[j].momentum == momentum]
+        if momentum is None:  # cumulative moving average, per norm
+            for j in group:
+                factor = 1.0 / float(norms[j].num_batches_tracked)
+                norms[j].running_mean.lerp_(means[j].to(norms[j].running_mean.dtype), factor)
+                norms[j].running_var.lerp_(variances[j].to(norms[j].running_var.dtype), factor)
+            continue
+        torch._foreach_lerp_([norms[j].running_mean for j in group],
+                             [means[j].to(norms[j].running_mean.dtype) for j in group], momentum)
+        torch._foreach_lerp_([norms[j].running_var for j in group],
+                             [variances[j].to(norms[j].running_var.dtype) for j in group], momentum)
+

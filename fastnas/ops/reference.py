@@ -56,3 +56,7 @@ def mixed_op(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> t
         term = weights[k] * out
         total = term if total is None else total + term
     return total
+
+
+def batch_norm_mixed_op(outputs, weights, norms) -> torch.Tensor:
+    return mixed_op([out if out is None or norm is None else norm(out) for out, norm in zip(outputs, norms)], weights)

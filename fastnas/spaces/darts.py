@@ -10,8 +10,9 @@ classifier's pooling, so it has no reduction cell).
 
 With ``fused=True`` every depthwise conv runs on fastnas's depthwise kernel, every 1x1
 conv on its pointwise GEMM path, the four convolution candidates of an edge share one
-ReLU of the edge input, and each edge's weighted sum is one fused ``mixed_op``;
-``fused=False`` builds the same parameters on plain PyTorch modules.
+ReLU of the edge input, and each edge's final BNs and weighted sum are one fused
+``batch_norm_mixed_op``; ``fused=False`` builds the same parameters on plain PyTorch
+modules.
 """
 
 import contextlib
@@ -77,10 +78,15 @@ class DilConv(nn.Module):
         self.pointwise = _pointwise(c_in, c_out, fused)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x):
+    @property
+    def final_norm(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward(self, x, normalize: bool = True):
         if self.pre_relu:
             x = F.relu(x)
-        return self.bn(self.pointwise(self.depthwise(x)))
+        x = self.pointwise(self.depthwise(x))
+        return self.bn(x) if normalize else x
 
 
 class SepConv(nn.Module):
@@ -91,8 +97,12 @@ class SepConv(nn.Module):
         self.first = DilConv(c_in, c_in, kernel_size, stride, 1, affine, fused, pre_relu)
         self.second = DilConv(c_in, c_out, kernel_size, 1, 1, affine, fused)
 
-    def forward(self, x):
-        return self.second(self.first(x))
+    @property
+    def final_norm(self) -> nn.BatchNorm2d:
+        return self.second.bn
+
+    def forward(self, x, normalize: bool = True):
+        return self.second(self.first(x), normalize)
 
 
 class Zero(nn.Module):
@@ -113,9 +123,31 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, 2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x):
+    @property
+    def final_norm(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward(self, x, normalize: bool = True):
         x = F.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        x = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        return self.bn(x) if normalize else x
+
+
+class PoolBN(nn.Module):
+    """A search edge's pooling candidate: the pool, then BN without affine (as DARTS)."""
+
+    def __init__(self, pool: nn.Module, channels: int):
+        super().__init__()
+        self.pool = pool
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+
+    @property
+    def final_norm(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward(self, x, normalize: bool = True):
+        x = self.pool(x)
+        return self.bn(x) if normalize else x
 
 
 def make_op(name: str, channels: int, stride: int, affine: bool = True, fused: bool = True,
@@ -230,8 +262,10 @@ def architecture_entropy(alphas: Sequence[torch.Tensor]) -> torch.Tensor:
 
 # ---- search supernet -------------------------------------------------------------------------
 class SearchEdge(nn.Module):
-    """Every candidate op of one edge, weighted. The convolution candidates share the
-    ReLU of the edge input (fused mode), and the weighted sum is one fused mixed_op."""
+    """Every candidate op of one edge, weighted. Fused, the convolution candidates share
+    the ReLU of the edge input, "none" (exactly zero) is never computed, and the
+    candidates' final BNs and the weighted sum run as one batch_norm_mixed_op, which
+    never stores the normalised outputs."""
 
     def __init__(self, channels: int, stride: int, fused: bool):
         super().__init__()
@@ -239,16 +273,22 @@ class SearchEdge(nn.Module):
         ops = []
         for name in PRIMITIVES:
             op = make_op(name, channels, stride, affine=False, fused=fused, pre_relu=not (fused and name in CONV_PRIMITIVES))
-            if "pool" in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
-            ops.append(op)
+            ops.append(PoolBN(op, channels) if "pool" in name else op)
         self.candidates = nn.ModuleList(ops)
-        self.shares_relu = [fused and name in CONV_PRIMITIVES for name in PRIMITIVES]
+        # "none" is PRIMITIVES[0]: the fused path computes candidates 1.. and weights[1:].
+        self.shares_relu = [name in CONV_PRIMITIVES for name in PRIMITIVES[1:]]
+        self.has_final_norm = [hasattr(op, "final_norm") for op in ops[1:]]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        relu = F.relu(x) if self.fused else None
-        outputs = [op(relu if shared else x) for op, shared in zip(self.candidates, self.shares_relu)]
-        return (functional if self.fused else reference).mixed_op(outputs, weights)
+        if not self.fused:
+            return reference.mixed_op([op(x) for op in self.candidates], weights)
+        relu = F.relu(x)
+        outputs, norms = [], []
+        for op, shared, normalized in zip(self.candidates[1:], self.shares_relu, self.has_final_norm):
+            inputs = relu if shared else x
+            outputs.append(op(inputs, normalize=False) if normalized else op(inputs))
+            norms.append(op.final_norm if normalized else None)
+        return functional.batch_norm_mixed_op(outputs, weights[1:], norms)
 
 
 class SearchCell(nn.Module):
