@@ -309,6 +309,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_autograd(at::
   return {result[0], result[1], result[2]};
 }
 
+// ---- 3x3 pooling pair ----
+class Pool3x3PairFunction : public torch::autograd::Function<Pool3x3PairFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t stride) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [max_out, avg_out, positions] =
+        fastnas_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t)>("fastnas::pool3x3_pair")
+            .call(x, stride);
+    ctx->save_for_backward({positions});
+    ctx->saved_data["input_size"] = concrete_sizes(x);
+    ctx->saved_data["stride"] = stride;
+    ctx->mark_non_differentiable({positions});
+    ctx->set_materialize_grads(false);  // an unused pool passes no gradient
+    return {max_out, avg_out, positions};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() && !grads[1].defined()) return {at::Tensor(), at::Tensor()};
+    auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
+    at::Tensor grad_x =
+        fastnas_op<at::Tensor(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
+                              at::IntArrayRef, int64_t)>("fastnas::pool3x3_pair_backward")
+            .call(optional(grads[0]), optional(grads[1]), ctx->get_saved_variables()[0],
+                  ctx->saved_data["input_size"].toIntVector(), ctx->saved_data["stride"].toInt());
+    return {grad_x, at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_autograd(const at::Tensor& x, int64_t stride) {
+  variable_list result = Pool3x3PairFunction::apply(x, stride);
+  return {result[0], result[1], result[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnas, Autograd, m) {
@@ -317,6 +350,7 @@ TORCH_LIBRARY_IMPL(fastnas, Autograd, m) {
   m.impl("multi_dilation_dwconv2d", &multi_dilation_dwconv2d_autograd);
   m.impl("mixed_op", &mixed_op_autograd);
   m.impl("batch_norm_mixed_op", &batch_norm_mixed_op_autograd);
+  m.impl("pool3x3_pair", &pool3x3_pair_autograd);
 }
 
 }  // namespace fastnas

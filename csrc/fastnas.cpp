@@ -127,6 +127,15 @@ int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor&
   return count;
 }
 
+std::pair<int64_t, int64_t> check_pool_pair_args(const at::Tensor& x, int64_t stride) {
+  FASTNAS_CHECK_DIM(x, 4, "(N, C, H, W)");
+  FASTNAS_CHECK_FLOATING(x);
+  FASTNAS_CHECK(stride >= 1, "stride must be >= 1, got ", stride);
+  FASTNAS_CHECK(x.size(2) >= 1 && x.size(3) >= 1, "x must have a non-empty spatial size, got ",
+                x.sizes());
+  return {(x.size(2) - 1) / stride + 1, (x.size(3) - 1) / stride + 1};
+}
+
 std::string build_info() {
   std::ostringstream json;
   json << "{\"torch\": \"" << TORCH_VERSION << "\", \"cuda\": "
@@ -180,4 +189,12 @@ TORCH_LIBRARY(fastnas, m) {
   m.def(
       "batch_norm_mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"
       " bool[] normalize, Tensor mean, Tensor invstd, bool need_output_grads) -> (Tensor[], Tensor)");
+
+  // A DARTS edge's two poolings in one pass: 3x3 max pooling and 3x3 average pooling
+  // (count_include_pad=False), padding 1. Also returns each max's window position
+  // (uint8, 0..8), all the backward needs: 1 byte per output instead of int64 indices.
+  m.def("pool3x3_pair(Tensor x, int stride) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "pool3x3_pair_backward(Tensor? grad_max, Tensor? grad_avg, Tensor positions, int[] input_size,"
+      " int stride) -> Tensor");
 }

@@ -28,4 +28,8 @@ int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor&
                                        at::IntArrayRef indices, const c10::List<bool>& normalize,
                                        double eps);
 
+// ---- 3x3 pooling pair ----
+// Validates x (N, C, H, W) and stride; returns the output spatial size.
+std::pair<int64_t, int64_t> check_pool_pair_args(const at::Tensor& x, int64_t stride);
+
 }  // namespace fastnas

@@ -213,7 +213,8 @@ def test_mixed_op_partial_gradients(device):
 
 def test_autograd_is_registered_in_cpp():
     # A Python autograd formula costs 100-300 us per call (see csrc/autograd.cpp).
-    for name in ("channel_shuffle", "shuffle_gconv1x1", "multi_dilation_dwconv2d", "mixed_op", "batch_norm_mixed_op"):
+    for name in ("channel_shuffle", "shuffle_gconv1x1", "multi_dilation_dwconv2d", "mixed_op", "batch_norm_mixed_op",
+                 "pool3x3_pair"):
         registrations = torch._C._dispatch_dump(f"fastnas::{name}").splitlines()
         (autograd,) = [line for line in registrations if line.startswith("Autograd")]
         assert "csrc/autograd.cpp" in autograd and "[ boxed unboxed ]" in autograd
@@ -342,6 +343,30 @@ def test_batch_norm_mixed_op_saves_no_normalised_output():
     assert saved_bytes(reference.batch_norm_mixed_op) >= 2 * outputs[0].numel() * 4
 
 
+# ---- 3x3 pooling pair -----------------------------------------------------------------
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(5, 7), (8, 8), (1, 2)])
+def test_pool3x3_pair_matches_reference(device, stride, size):
+    for dtype in dtypes_for(device):
+        x = torch.randn(2, 3, *size, device=device, dtype=dtype)
+        x[0, 0, 0, :2] = 5.0  # a tie: the first maximum in row-major order gets the gradient
+        for use in ((True, True), (True, False), (False, True)):
+            def combined(a, fn):
+                max_out, avg_out = fn(a, stride)
+                return sum(out * (k + 1) for k, (out, used) in enumerate(zip((max_out, avg_out), use)) if used)
+
+            _check_against_reference(lambda a: combined(a, ops.pool3x3_pair),
+                                     lambda a: combined(a, reference.pool3x3_pair), [x.requires_grad_()], dtype)
+
+
+def test_pool3x3_pair_keeps_a_byte_per_output_for_the_backward():
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ops.pool3x3_pair(x)
+    assert [(t.dtype, t.shape) for t in saved] == [(torch.uint8, x.shape)]
+
+
 # ---- gradcheck, opcheck, compile --------------------------------------------------
 def test_gradcheck_all_ops(device):
     kw = dict(device=device, dtype=torch.float64, requires_grad=True)
@@ -363,6 +388,8 @@ def test_gradcheck_all_ops(device):
         lambda w, a, b: ops.mixed_op([a, None, b], torch.cat([w[:1], zero, w[1:]])), (weights, *outs)
     )
     assert torch.autograd.gradcheck(lambda a: ops.channel_shuffle(a, 4), (x,))
+    for stride in (1, 2):
+        assert torch.autograd.gradcheck(lambda a: ops.pool3x3_pair(a, stride), (x,))
     bn_outs = [torch.randn(3, 2, 3, 2, **kw) + k for k in range(3)]
     assert torch.autograd.gradcheck(
         lambda w, *o: torch.ops.fastnas.batch_norm_mixed_op(list(o), w, [0, 1, 2], [True, False, True], 1e-5)[0],
@@ -385,6 +412,8 @@ def test_opcheck_all_ops(device):
         (lib.multi_dilation_dwconv2d.default, (x, w2, [1, 2], None, 2)),
         (lib.mixed_op.default, ([outs[0], outs[1]], weights, [0, 2])),
         (lib.batch_norm_mixed_op.default, ([x, x * 2], weights, [0, 2], [True, False], 1e-5)),
+        (lib.pool3x3_pair.default, (x, 1)),
+        (lib.pool3x3_pair.default, (x, 2)),
         (lib.shuffle_gconv1x1_grad_input.default, (x.detach(), w1.detach(), 2, 2)),
         (lib.shuffle_gconv1x1_grad_weight.default, (x.detach(), x.detach(), 2, 2)),
         (lib.multi_dilation_dwconv2d_grad_input.default, (x.detach(), w2.detach(), [1, 2], 1, [2, 8, 5, 4])),
@@ -406,7 +435,8 @@ class _TinyNet(torch.nn.Module):
         y = self.pw(x)
         z = self.dw(y)
         mixed = ops.mixed_op([y, z], torch.softmax(self.alpha, 0)).relu()
-        normalised = ops.batch_norm_mixed_op([mixed, z], torch.softmax(self.alpha, 0), [self.norms[0], None])
+        pooled, _ = ops.pool3x3_pair(z)
+        normalised = ops.batch_norm_mixed_op([mixed, pooled], torch.softmax(self.alpha, 0), [self.norms[0], None])
         return normalised.mean((2, 3))
 
 

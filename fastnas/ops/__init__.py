@@ -7,6 +7,7 @@ from fastnas.ops.functional import (
     channel_shuffle,
     mixed_op,
     multi_dilation_dwconv2d,
+    pool3x3_pair,
     shuffle_gconv1x1,
 )
 from fastnas.ops.modules import ChannelShuffle, MixedOp, MultiDilationDWConv2d, ShuffleGConv1x1
@@ -20,6 +21,7 @@ __all__ = [
     "channel_shuffle",
     "mixed_op",
     "multi_dilation_dwconv2d",
+    "pool3x3_pair",
     "reference",
     "shuffle_gconv1x1",
 ]

@@ -76,3 +76,15 @@ def _batch_norm_mixed_op_backward_fake(grad, outputs, weights, indices, normaliz
     output_grads = [torch.empty_like(grad) for _ in outputs] if need_output_grads else []
     return output_grads, weights.new_empty(weights.shape)
 
+
+# ---- 3x3 pooling pair --------------------------------------------------------------
+@torch.library.register_fake("fastnas::pool3x3_pair")
+def _pool3x3_pair_fake(x, stride):
+    shape = (x.shape[0], x.shape[1], (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1)
+    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
+
+
+@torch.library.register_fake("fastnas::pool3x3_pair_backward")
+def _pool3x3_pair_backward_fake(grad_max, grad_avg, positions, input_size, stride):
+    return (grad_max if grad_max is not None else grad_avg).new_empty(input_size)
+

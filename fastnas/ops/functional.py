@@ -121,3 +121,11 @@ def _update_running_statistics(norms, mean, invstd, eps, example):
         torch._foreach_lerp_([norms[j].running_var for j in group],
                              [variances[j].to(norms[j].running_var.dtype) for j in group], momentum)
 
+
+def pool3x3_pair(x: torch.Tensor, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max_pool2d(x, 3, stride, 1), avg_pool2d(x, 3, stride, 1, count_include_pad=False))``,
+    a DARTS edge's two poolings, in one pass over x. For the backward it keeps one byte per
+    output (the max's position in its window) instead of max pooling's int64 indices."""
+    max_out, avg_out, _ = _ops.pool3x3_pair.default(x, stride)
+    return max_out, avg_out
+

@@ -60,3 +60,8 @@ def mixed_op(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> t
 
 def batch_norm_mixed_op(outputs, weights, norms) -> torch.Tensor:
     return mixed_op([out if out is None or norm is None else norm(out) for out, norm in zip(outputs, norms)], weights)
+
+
+def pool3x3_pair(x: torch.Tensor, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    return F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+

@@ -10,9 +10,9 @@ classifier's pooling, so it has no reduction cell).
 
 With ``fused=True`` every depthwise conv runs on fastnas's depthwise kernel, every 1x1
 conv on its pointwise GEMM path, the four convolution candidates of an edge share one
-ReLU of the edge input, and each edge's final BNs and weighted sum are one fused
-``batch_norm_mixed_op``; ``fused=False`` builds the same parameters on plain PyTorch
-modules.
+ReLU of the edge input, its two poolings are one ``pool3x3_pair``, and its final BNs
+and weighted sum are one fused ``batch_norm_mixed_op``; ``fused=False`` builds the same
+parameters on plain PyTorch modules.
 """
 
 import contextlib
@@ -263,31 +263,34 @@ def architecture_entropy(alphas: Sequence[torch.Tensor]) -> torch.Tensor:
 # ---- search supernet -------------------------------------------------------------------------
 class SearchEdge(nn.Module):
     """Every candidate op of one edge, weighted. Fused, the convolution candidates share
-    the ReLU of the edge input, "none" (exactly zero) is never computed, and the
-    candidates' final BNs and the weighted sum run as one batch_norm_mixed_op, which
-    never stores the normalised outputs."""
+    the ReLU of the edge input, both poolings come from one pool3x3_pair pass, "none"
+    (exactly zero) is never computed, and the candidates' final BNs and the weighted sum
+    run as one batch_norm_mixed_op, which never stores the normalised outputs."""
 
     def __init__(self, channels: int, stride: int, fused: bool):
         super().__init__()
-        self.fused = fused
+        self.fused, self.stride = fused, stride
         ops = []
         for name in PRIMITIVES:
             op = make_op(name, channels, stride, affine=False, fused=fused, pre_relu=not (fused and name in CONV_PRIMITIVES))
             ops.append(PoolBN(op, channels) if "pool" in name else op)
         self.candidates = nn.ModuleList(ops)
-        # "none" is PRIMITIVES[0]: the fused path computes candidates 1.. and weights[1:].
-        self.shares_relu = [name in CONV_PRIMITIVES for name in PRIMITIVES[1:]]
-        self.has_final_norm = [hasattr(op, "final_norm") for op in ops[1:]]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if not self.fused:
             return reference.mixed_op([op(x) for op in self.candidates], weights)
         relu = F.relu(x)
+        max_pooled, avg_pooled = functional.pool3x3_pair(x, self.stride)
         outputs, norms = [], []
-        for op, shared, normalized in zip(self.candidates[1:], self.shares_relu, self.has_final_norm):
-            inputs = relu if shared else x
-            outputs.append(op(inputs, normalize=False) if normalized else op(inputs))
-            norms.append(op.final_norm if normalized else None)
+        # "none" is PRIMITIVES[0]: candidates 1.. are computed, weighted by weights[1:].
+        for name, op in zip(PRIMITIVES[1:], self.candidates[1:]):
+            if name == "max_pool_3x3" or name == "avg_pool_3x3":
+                outputs.append(max_pooled if name == "max_pool_3x3" else avg_pooled)
+            elif name in CONV_PRIMITIVES:
+                outputs.append(op(relu, normalize=False))
+            else:  # skip_connect: the identity, or FactorizedReduce (ends in a BN) at stride 2
+                outputs.append(op(x, normalize=False) if self.stride == 2 else op(x))
+            norms.append(getattr(op, "final_norm", None))
         return functional.batch_norm_mixed_op(outputs, weights[1:], norms)
 
 
