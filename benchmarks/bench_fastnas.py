@@ -167,6 +167,27 @@ def test_mixed_op(benchmark, dtype, mode, impl):
         "bytes": (k + 1) * outputs[0].numel() * element})
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pool3x3_pair(benchmark, dtype, mode, impl):
+    """A DARTS edge's max and average 3x3 poolings of one input."""
+    n, c, hw = _batch(64), 16, 32
+    x = _leaf(n, c, hw, hw, dtype=dtype)
+
+    def fused(a):
+        max_out, avg_out = ops.pool3x3_pair(a)
+        return max_out + avg_out
+
+    def plain(a):
+        max_out, avg_out = reference.pool3x3_pair(a)
+        return max_out + avg_out
+
+    fn = _impl_fn(impl, fused, plain)
+    _run(benchmark, _step(fn, (x,), mode), {
+        "op": "pool3x3_pair", "case": f"N{n} C{c} {hw}x{hw}", "dtype": str(dtype), "mode": mode, "impl": impl})
+
+
 DARTS_EDGE_NORMALIZED = (True, True, True, True, True, True, False)  # pools, 4 convs, identity
 
 
