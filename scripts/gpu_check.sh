@@ -35,6 +35,12 @@ for dtype in (torch.float32, torch.bfloat16):
     outs = [torch.randn(3, 16, 13, 11, device=d, dtype=dtype, requires_grad=True) for _ in range(3)]
     wt = torch.tensor([0.2, 0.0, 0.8], device=d, requires_grad=True)
     ops.mixed_op([outs[0], None, outs[2]], wt).sum().backward()
+    norms = [torch.nn.BatchNorm2d(16, affine=False).to(d), None, torch.nn.BatchNorm2d(16, affine=False).to(d)]
+    ops.batch_norm_mixed_op([outs[0], outs[1], outs[2]], torch.tensor([0.2, 0.3, 0.5], device=d, requires_grad=True),
+                            norms).sum().backward()
+    for s in (1, 2):
+        pooled = ops.pool3x3_pair(x, s)
+        (pooled[0] + pooled[1]).sum().backward()
 torch.cuda.synchronize()
 print("sanitized run finished")
 PY
