@@ -107,9 +107,18 @@ void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
   }
 }
 
-int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
-                                       at::IntArrayRef indices, const c10::List<bool>& normalize,
-                                       double eps) {
+at::Tensor scatter_weight_grads(const at::Tensor& weights, at::IntArrayRef indices,
+                                const at::Tensor& per_computed) {
+  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
+  const auto index = at::tensor(indices.vec(), at::kLong).to(weights.device(), /*non_blocking=*/true);
+  grad_weights.index_copy_(0, index, per_computed.to(weights.scalar_type()));
+  return grad_weights;
+}
+
+namespace {
+
+int64_t check_batch_norm_mixed_op_common(at::TensorList outputs, const at::Tensor& weights,
+                                         at::IntArrayRef indices, const c10::List<bool>& normalize) {
   check_mixed_op_args(outputs, weights, indices);
   const at::Tensor& first = outputs.front();
   FASTNAS_CHECK(first.dim() == 4, "outputs must be 4-D tensors shaped (N, C, H, W) for batch "
@@ -117,13 +126,32 @@ int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor&
   FASTNAS_CHECK(normalize.size() == outputs.size(), "got ", normalize.size(),
                 " normalize flags for ", outputs.size(),
                 " computed outputs; pass one flag per computed output");
-  FASTNAS_CHECK(eps > 0, "eps must be > 0, got ", eps);
   const int64_t count = first.size(0) * first.size(2) * first.size(3);
   bool any_normalized = false;
   for (const bool flag : normalize) any_normalized = any_normalized || flag;
   FASTNAS_CHECK(!any_normalized || count > 1, "batch normalisation needs more than one value "
                 "per channel, got outputs of shape ", first.sizes(),
                 "; use a batch of 2 or more, or eval mode");
+  return count;
+}
+
+}  // namespace
+
+int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
+                                       at::IntArrayRef indices, const c10::List<bool>& normalize,
+                                       double eps) {
+  FASTNAS_CHECK(eps > 0, "eps must be > 0, got ", eps);
+  return check_batch_norm_mixed_op_common(outputs, weights, indices, normalize);
+}
+
+int64_t check_batch_norm_mixed_op_backward_args(at::TensorList outputs, const at::Tensor& weights,
+                                                at::IntArrayRef indices, const c10::List<bool>& normalize,
+                                                const at::Tensor& mean, const at::Tensor& invstd) {
+  const int64_t count = check_batch_norm_mixed_op_common(outputs, weights, indices, normalize);
+  const std::vector<int64_t> expected{static_cast<int64_t>(outputs.size()), outputs.front().size(1)};
+  FASTNAS_CHECK(mean.sizes() == at::IntArrayRef(expected) && invstd.sizes() == at::IntArrayRef(expected),
+                "mean and invstd must be shaped (", expected[0], ", ", expected[1],
+                "), as batch_norm_mixed_op returns them, got ", mean.sizes(), " and ", invstd.sizes());
   return count;
 }
 
@@ -134,6 +162,21 @@ std::pair<int64_t, int64_t> check_pool_pair_args(const at::Tensor& x, int64_t st
   FASTNAS_CHECK(x.size(2) >= 1 && x.size(3) >= 1, "x must have a non-empty spatial size, got ",
                 x.sizes());
   return {(x.size(2) - 1) / stride + 1, (x.size(3) - 1) / stride + 1};
+}
+
+PoolPairBackwardArgs check_pool_pair_backward_args(const std::optional<at::Tensor>& grad_max,
+                                                   const std::optional<at::Tensor>& grad_avg,
+                                                   const at::Tensor& positions, at::IntArrayRef input_size) {
+  PoolPairBackwardArgs args;
+  if (grad_max.has_value() && grad_max->defined()) args.grad_max = grad_max->contiguous();
+  if (grad_avg.has_value() && grad_avg->defined()) args.grad_avg = grad_avg->contiguous();
+  FASTNAS_CHECK(args.grad_max.defined() || args.grad_avg.defined(), "pass grad_max, grad_avg or both");
+  FASTNAS_CHECK(input_size.size() == 4, "input_size must be (N, C, H, W), got ", input_size);
+  FASTNAS_CHECK(positions.scalar_type() == at::kByte && positions.dim() == 4,
+                "positions must be the uint8 (N, C, H_out, W_out) tensor pool3x3_pair returns, got ",
+                positions.scalar_type(), " of shape ", positions.sizes());
+  args.positions = positions.contiguous();
+  return args;
 }
 
 std::string build_info() {

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 namespace fastnas {
@@ -20,6 +21,12 @@ std::pair<int64_t, int64_t> check_multi_dilation_args(const at::Tensor& x,
 void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
                          at::IntArrayRef indices);
 
+// The gradient of all K weights from the gradients of the computed candidates' weights
+// (per_computed[j] for candidate indices[j]); skipped candidates were never computed, so
+// their weights get zero.
+at::Tensor scatter_weight_grads(const at::Tensor& weights, at::IntArrayRef indices,
+                                const at::Tensor& per_computed);
+
 // ---- batch-normalised mixed op ----
 // The mixed op's checks, plus: (N, C, H, W) outputs, one normalize flag per computed
 // output, eps > 0, and more than one value per channel when anything is normalised.
@@ -28,8 +35,25 @@ int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor&
                                        at::IntArrayRef indices, const c10::List<bool>& normalize,
                                        double eps);
 
+// The backward's checks: the forward's (but eps), and mean/invstd shaped (J, C) as the
+// forward returns them. Returns the number of values per channel.
+int64_t check_batch_norm_mixed_op_backward_args(at::TensorList outputs, const at::Tensor& weights,
+                                                at::IntArrayRef indices, const c10::List<bool>& normalize,
+                                                const at::Tensor& mean, const at::Tensor& invstd);
+
 // ---- 3x3 pooling pair ----
 // Validates x (N, C, H, W) and stride; returns the output spatial size.
 std::pair<int64_t, int64_t> check_pool_pair_args(const at::Tensor& x, int64_t stride);
+
+// The backward's gradients (contiguous; undefined where that pool's output got none) and
+// window positions, checked.
+struct PoolPairBackwardArgs {
+  at::Tensor grad_max, grad_avg, positions;
+  // A defined gradient: its dtype, device and options are the input gradient's.
+  const at::Tensor& any_grad() const { return grad_max.defined() ? grad_max : grad_avg; }
+};
+PoolPairBackwardArgs check_pool_pair_backward_args(const std::optional<at::Tensor>& grad_max,
+                                                   const std::optional<at::Tensor>& grad_avg,
+                                                   const at::Tensor& positions, at::IntArrayRef input_size);
 
 }  // namespace fastnas

@@ -164,11 +164,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
       }
     });
   });
-  // Skipped candidates were never computed, so their weights get a zero gradient.
-  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
-  grad_weights.index_copy_(0, at::tensor(computed.vec(), weights.options().dtype(at::kLong)),
-                           partial.sum(0).to(weights.scalar_type()));
-  return {output_grads, grad_weights};
+  return {output_grads, scatter_weight_grads(weights, computed, partial.sum(0))};
 }
 
 // ---- batch-normalised mixed op ----
@@ -235,14 +231,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     bool need_output_grads) {
-  const int64_t count = check_batch_norm_mixed_op_args(outputs, weights, computed, normalize, 1.0);
+  const int64_t count = check_batch_norm_mixed_op_backward_args(outputs, weights, computed, normalize, mean_in, invstd_in);
   const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
   const at::Tensor grad = grad_in.contiguous();
   const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);
   const auto num_inputs = static_cast<int64_t>(inputs.size());
-  FASTNAS_CHECK(mean_in.sizes() == at::IntArrayRef({num_inputs, channels}) && mean_in.sizes() == invstd_in.sizes(),
-                "mean and invstd must be shaped (", num_inputs, ", ", channels,
-                "), as batch_norm_mixed_op returns them, got ", mean_in.sizes(), " and ", invstd_in.sizes());
   const at::Tensor mean = mean_in.to(at::kDouble).contiguous(), invstd = invstd_in.to(at::kDouble).contiguous();
   std::vector<at::Tensor> output_grads;
   if (need_output_grads) {
@@ -295,11 +288,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu
       });
     });
   }
-  // d/dw_j = sum over the channels of sum(g * x_j); skipped candidates get zero.
-  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
-  grad_weights.index_copy_(0, at::tensor(computed.vec(), weights.options().dtype(at::kLong)),
-                           sum_gx.sum(1).to(weights.scalar_type()));
-  return {output_grads, grad_weights};
+  // d/dw_j = sum over the channels of sum(g * x_j)
+  return {output_grads, scatter_weight_grads(weights, computed, sum_gx.sum(1))};
 }
 
 }  // namespace

@@ -94,21 +94,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_cpu(const at::Tensor
 at::Tensor pool3x3_pair_backward_cpu(const std::optional<at::Tensor>& grad_max_in,
                                      const std::optional<at::Tensor>& grad_avg_in, const at::Tensor& positions_in,
                                      at::IntArrayRef input_size, int64_t stride) {
-  const bool has_max = grad_max_in.has_value() && grad_max_in->defined();
-  const bool has_avg = grad_avg_in.has_value() && grad_avg_in->defined();
-  FASTNAS_CHECK(has_max || has_avg, "pass grad_max, grad_avg or both");
-  const at::Tensor& reference = has_max ? *grad_max_in : *grad_avg_in;
+  const PoolPairBackwardArgs args = check_pool_pair_backward_args(grad_max_in, grad_avg_in, positions_in, input_size);
+  const at::Tensor& reference = args.any_grad();
   check_cpu_dtype(reference, "grad");
-  FASTNAS_CHECK(input_size.size() == 4, "input_size must be (N, C, H, W), got ", input_size);
-  const at::Tensor positions = positions_in.contiguous();
-  const at::Tensor grad_max = has_max ? grad_max_in->contiguous() : at::Tensor();
-  const at::Tensor grad_avg = has_avg ? grad_avg_in->contiguous() : at::Tensor();
+  const at::Tensor& positions = args.positions;
   const int64_t planes = input_size[0] * input_size[1], height = input_size[2], width = input_size[3];
   const int64_t out_h = positions.size(2), out_w = positions.size(3);
   auto grad_x = at::zeros(input_size, reference.options());
   AT_DISPATCH_FLOATING_TYPES(reference.scalar_type(), "pool3x3_pair_backward_cpu", [&] {
-    const scalar_t* gmax = has_max ? grad_max.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* gavg = has_avg ? grad_avg.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gmax = args.grad_max.defined() ? args.grad_max.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gavg = args.grad_avg.defined() ? args.grad_avg.data_ptr<scalar_t>() : nullptr;
     const uint8_t* position_data = positions.data_ptr<uint8_t>();
     scalar_t* dst = grad_x.data_ptr<scalar_t>();
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {

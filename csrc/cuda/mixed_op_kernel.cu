@@ -224,11 +224,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  // Skipped candidates were never computed, so their weights get a zero gradient.
-  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
-  const auto index = at::tensor(computed.vec(), at::kLong).to(weights.device(), /*non_blocking=*/true);
-  grad_weights.index_copy_(0, index, partial.sum(0).to(weights.scalar_type()));
-  return {output_grads, grad_weights};
+  return {output_grads, scatter_weight_grads(weights, computed, partial.sum(0))};
 }
 
 // ---- batch-normalised mixed op ----------------------------------------------------------
@@ -437,9 +433,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cuda(
   const int num_inputs = static_cast<int>(inputs.size());
   const auto acc_type = at::toOpMathType(first.scalar_type());
   auto out = at::empty(first.sizes(), first.options());
-  auto mean = at::zeros({num_inputs, channels}, first.options().dtype(acc_type));
-  auto invstd = at::ones({num_inputs, channels}, first.options().dtype(acc_type));
-  if (out.numel() == 0) return {out, mean, invstd};
+  // The statistics kernel writes every slot (0 and 1 where not normalised).
+  auto mean = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
+  auto invstd = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
+  if (out.numel() == 0) return {out, mean.zero_(), invstd.fill_(1)};
   const at::Tensor w = computed_weights(weights, computed, acc_type);
   const uint32_t mask = normalized_bits(normalize);
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -466,7 +463,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     bool need_output_grads) {
-  const int64_t count_per_channel = check_batch_norm_mixed_op_args(outputs, weights, computed, normalize, 1.0);
+  const int64_t count_per_channel =
+      check_batch_norm_mixed_op_backward_args(outputs, weights, computed, normalize, mean_in, invstd_in);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
@@ -474,16 +472,16 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
   const int num_inputs = static_cast<int>(inputs.size());
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   const at::Tensor mean = mean_in.to(acc_type).contiguous(), invstd = invstd_in.to(acc_type).contiguous();
-  FASTNAS_CHECK(mean.sizes() == at::IntArrayRef({num_inputs, channels}) && mean.sizes() == invstd.sizes(),
-                "mean and invstd must be shaped (", num_inputs, ", ", channels,
-                "), as batch_norm_mixed_op returns them, got ", mean.sizes(), " and ", invstd.sizes());
   std::vector<at::Tensor> output_grads;
   if (need_output_grads) {
     for (int j = 0; j < num_inputs; ++j) output_grads.push_back(at::empty_like(grad));
   }
-  auto sum_g = at::zeros({num_inputs, channels}, grad.options().dtype(acc_type));
-  auto sum_gx = at::zeros({num_inputs, channels}, grad.options().dtype(acc_type));
-  if (grad.numel() > 0) {
+  // The gradient-sums kernel writes every slot.
+  auto sum_g = at::empty({num_inputs, channels}, grad.options().dtype(acc_type));
+  auto sum_gx = at::empty({num_inputs, channels}, grad.options().dtype(acc_type));
+  if (grad.numel() == 0) {
+    sum_gx.zero_();
+  } else {
     const at::Tensor w = computed_weights(weights, computed, acc_type);
     const uint32_t mask = normalized_bits(normalize);
     auto stream = at::cuda::getCurrentCUDAStream();
@@ -510,11 +508,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
       });
     });
   }
-  // d/dw_j = sum over the channels of sum(g * x_j); skipped candidates get zero.
-  auto grad_weights = at::zeros({weights.size(0)}, weights.options());
-  const auto index = at::tensor(computed.vec(), at::kLong).to(weights.device(), /*non_blocking=*/true);
-  grad_weights.index_copy_(0, index, sum_gx.sum(1).to(weights.scalar_type()));
-  return {output_grads, grad_weights};
+  // d/dw_j = sum over the channels of sum(g * x_j)
+  return {output_grads, scatter_weight_grads(weights, computed, sum_gx.sum(1))};
 }
 
 }  // namespace

@@ -98,22 +98,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_cuda(const at::Tenso
 at::Tensor pool3x3_pair_backward_cuda(const std::optional<at::Tensor>& grad_max_in,
                                       const std::optional<at::Tensor>& grad_avg_in, const at::Tensor& positions_in,
                                       at::IntArrayRef input_size, int64_t stride) {
-  const bool has_max = grad_max_in.has_value() && grad_max_in->defined();
-  const bool has_avg = grad_avg_in.has_value() && grad_avg_in->defined();
-  FASTNAS_CHECK(has_max || has_avg, "pass grad_max, grad_avg or both");
-  FASTNAS_CHECK(input_size.size() == 4, "input_size must be (N, C, H, W), got ", input_size);
-  const at::Tensor& reference = has_max ? *grad_max_in : *grad_avg_in;
+  const PoolPairBackwardArgs args = check_pool_pair_backward_args(grad_max_in, grad_avg_in, positions_in, input_size);
+  const at::Tensor& reference = args.any_grad();
   const c10::cuda::CUDAGuard guard(reference.device());
-  const at::Tensor positions = positions_in.contiguous();
-  const at::Tensor grad_max = has_max ? grad_max_in->contiguous() : at::Tensor();
-  const at::Tensor grad_avg = has_avg ? grad_avg_in->contiguous() : at::Tensor();
+  const at::Tensor& positions = args.positions;
   auto grad_x = at::empty(input_size, reference.options());
   const int64_t total = grad_x.numel();
   if (total == 0) return grad_x;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, reference.scalar_type(), "pool3x3_pair_backward_cuda", [&] {
     pool_pair_backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        has_max ? grad_max.data_ptr<scalar_t>() : nullptr, has_avg ? grad_avg.data_ptr<scalar_t>() : nullptr,
+        args.grad_max.defined() ? args.grad_max.data_ptr<scalar_t>() : nullptr,
+        args.grad_avg.defined() ? args.grad_avg.data_ptr<scalar_t>() : nullptr,
         positions.data_ptr<uint8_t>(), grad_x.data_ptr<scalar_t>(), total, input_size[2], input_size[3],
         positions.size(2), positions.size(3), stride);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -280,17 +280,17 @@ class SearchEdge(nn.Module):
         if not self.fused:
             return reference.mixed_op([op(x) for op in self.candidates], weights)
         relu = F.relu(x)
-        max_pooled, avg_pooled = functional.pool3x3_pair(x, self.stride)
+        pooled = dict(zip(("max_pool_3x3", "avg_pool_3x3"), functional.pool3x3_pair(x, self.stride)))
         outputs, norms = [], []
         # "none" is PRIMITIVES[0]: candidates 1.. are computed, weighted by weights[1:].
         for name, op in zip(PRIMITIVES[1:], self.candidates[1:]):
-            if name == "max_pool_3x3" or name == "avg_pool_3x3":
-                outputs.append(max_pooled if name == "max_pool_3x3" else avg_pooled)
-            elif name in CONV_PRIMITIVES:
-                outputs.append(op(relu, normalize=False))
-            else:  # skip_connect: the identity, or FactorizedReduce (ends in a BN) at stride 2
-                outputs.append(op(x, normalize=False) if self.stride == 2 else op(x))
-            norms.append(getattr(op, "final_norm", None))
+            norm = getattr(op, "final_norm", None)  # None: the identity skip
+            if name in pooled:
+                outputs.append(pooled[name])
+            else:
+                inputs = relu if name in CONV_PRIMITIVES else x
+                outputs.append(op(inputs) if norm is None else op(inputs, normalize=False))
+            norms.append(norm)
         return functional.batch_norm_mixed_op(outputs, weights[1:], norms)
 
 
