@@ -95,6 +95,11 @@ def _extension():
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     define_macros = []
     include_dirs = []
+    # at::parallel_for is inlined from ATen's headers: without -fopenmp it compiles to a
+    # serial loop, and every CPU kernel would run on one thread whatever torch's setting.
+    openmp = torch.backends.openmp.is_available()
+    if openmp:
+        cxx_flags.append("-fopenmp")
     extra = {"cxx": cxx_flags}
     arch = ""
     if with_cuda:
@@ -108,6 +113,7 @@ def _extension():
         "fastnas build configuration:\n"
         f"  torch          {torch.__version__} (CUDA {torch.version.cuda})\n"
         f"  CUDA kernels   {'yes' if with_cuda else 'no'} ({reason})\n"
+        f"  CPU threads    {'OpenMP, as torch' if openmp else 'torch is built without OpenMP: one thread'}\n"
         f"  CUDA_HOME      {cpp_extension.CUDA_HOME}\n"
         f"  arch list      {arch or '-'}\n"
         f"  debug          {debug}\n"
@@ -122,6 +128,8 @@ def _extension():
         define_macros=define_macros,
         include_dirs=include_dirs,
         extra_compile_args=extra,
+        # libgomp.so.1 resolves to the copy torch has already loaded: one thread pool.
+        extra_link_args=["-fopenmp"] if openmp else [],
     )
 
 

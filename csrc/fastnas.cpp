@@ -187,7 +187,13 @@ std::string build_info() {
 #else
        << "false"
 #endif
-       << ", \"cuda_arch_list\": \"" << FASTNAS_CUDA_ARCH_LIST << "\"}";
+       << ", \"cuda_arch_list\": \"" << FASTNAS_CUDA_ARCH_LIST << "\", \"openmp\": "
+#ifdef _OPENMP
+       << "true"
+#else
+       << "false"
+#endif
+       << "}";
   return json.str();
 }
 

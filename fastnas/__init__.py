@@ -10,7 +10,7 @@ from fastnas import flops  # noqa: E402  (registers FlopCounterMode formulas)
 
 def build_info() -> dict:
     """How the kernels were built: ``cuda`` (CUDA kernels compiled), ``cuda_arch_list``,
-    ``torch`` (the version built against)."""
+    ``torch`` (the version built against), ``openmp`` (the CPU kernels use torch's threads)."""
     return dict(_BUILD_INFO)
 
 
