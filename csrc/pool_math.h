@@ -27,19 +27,21 @@ FASTNAS_HD void pool_outputs_covering(int64_t in, int64_t stride, int64_t out_si
 }
 
 // The window position (0..8, row-major from the unclipped top-left) of input (h, w) in
-// the window of output (oh, ow), and back.
+// the window of output (oh, ow).
 FASTNAS_HD int pool_window_position(int64_t h, int64_t w, int64_t oh, int64_t ow, int64_t stride) {
   return static_cast<int>((h - (oh * stride - 1)) * 3 + (w - (ow * stride - 1)));
 }
 
-FASTNAS_HD void pool_window_input(int position, int64_t oh, int64_t ow, int64_t stride, int64_t* h, int64_t* w) {
-  *h = oh * stride - 1 + position / 3;
-  *w = ow * stride - 1 + position % 3;
+// Whether v replaces `best` as a window's maximum, scanning the window in row-major order:
+// the first maximum wins ties, and a NaN wins over everything, the last NaN over earlier
+// ones (the rule of PyTorch's max pooling, which the backward's routing follows).
+template <typename scalar_t>
+FASTNAS_HD bool replaces_max(scalar_t v, scalar_t best) {
+  return v > best || v != v;
 }
 
-// Max (first maximum in row-major order, as PyTorch's max pooling), its window position,
-// and the mean over the valid part of the window (avg pooling, count_include_pad=False)
-// of output (oh, ow) of one (H, W) plane.
+// Max (with its window position) and the mean over the valid part of the window (avg
+// pooling, count_include_pad=False) of output (oh, ow) of one (H, W) plane.
 template <typename scalar_t, typename acc_t>
 FASTNAS_HD void pool_pair_at(const scalar_t* plane, int64_t height, int64_t width, int64_t oh, int64_t ow,
                              int64_t stride, scalar_t* max_out, acc_t* mean_out, uint8_t* position_out) {
@@ -53,18 +55,47 @@ FASTNAS_HD void pool_pair_at(const scalar_t* plane, int64_t height, int64_t widt
     for (int64_t w = w0; w < w1; ++w) {
       const scalar_t v = plane[h * width + w];
       sum += static_cast<acc_t>(v);
-      if (v > best || v != v) {  // NaN propagates, as in PyTorch
-        if (!(best != best)) {
-          best = v;
-          best_h = h;
-          best_w = w;
-        }
+      if (replaces_max(v, best)) {
+        best = v;
+        best_h = h;
+        best_w = w;
       }
     }
   }
   *max_out = best;
   *mean_out = sum / static_cast<acc_t>((h1 - h0) * (w1 - w0));
   *position_out = static_cast<uint8_t>(pool_window_position(best_h, best_w, oh, ow, stride));
+}
+
+// Gradient of input (h, w) of one plane, gathered from the outputs whose windows cover it:
+// max-pool gradients of the windows whose maximum it is, plus every covering window's
+// average-pool gradient divided by the window's size. grad_max / grad_avg (either may be
+// null: that pool got no gradient) and positions point at the plane's outputs. Gathering
+// writes each input once, so threads never collide.
+template <typename scalar_t, typename acc_t>
+FASTNAS_HD acc_t pool_pair_input_grad(const scalar_t* grad_max, const scalar_t* grad_avg, const uint8_t* positions,
+                                      int64_t h, int64_t w, int64_t height, int64_t width, int64_t out_h,
+                                      int64_t out_w, int64_t stride) {
+  int64_t oh0, oh1, ow0, ow1;
+  pool_outputs_covering(h, stride, out_h, &oh0, &oh1);
+  pool_outputs_covering(w, stride, out_w, &ow0, &ow1);
+  acc_t total = 0;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    int64_t h0, h1;
+    pool_window(oh, stride, height, &h0, &h1);
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
+      const int64_t o = oh * out_w + ow;
+      if (grad_max != nullptr && positions[o] == pool_window_position(h, w, oh, ow, stride)) {
+        total += static_cast<acc_t>(grad_max[o]);
+      }
+      if (grad_avg != nullptr) {
+        int64_t w0, w1;
+        pool_window(ow, stride, width, &w0, &w1);
+        total += static_cast<acc_t>(grad_avg[o]) / static_cast<acc_t>((h1 - h0) * (w1 - w0));
+      }
+    }
+  }
+  return total;
 }
 
 }  // namespace fastnas

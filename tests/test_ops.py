@@ -359,6 +359,28 @@ def test_pool3x3_pair_matches_reference(device, stride, size):
                                      lambda a: combined(a, reference.pool3x3_pair), [x.requires_grad_()], dtype)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pool3x3_pair_infinities_and_nan_as_pytorch(device, stride):
+    """+inf and -inf in one window (their sum is NaN, the max is not), and NaNs: the max, the
+    mean and where the max's gradient goes all follow PyTorch's pools (the last NaN of a
+    window takes the gradient)."""
+    for dtype in dtypes_for(device):
+        x = torch.randn(2, 3, 7, 6, device=device, dtype=dtype)
+        x[0, 0, 1, 1], x[0, 0, 2, 2] = float("inf"), float("-inf")
+        x[0, 1, 3, 1] = x[0, 1, 4, 2] = x[0, 1, 4, 3] = float("nan")
+        x[1, 2, 0, :] = float("-inf")
+        leaf = x.clone().requires_grad_()
+        max_out, avg_out = ops.pool3x3_pair(leaf, stride)
+        ref_leaf = x.clone().requires_grad_()
+        ref_max, ref_avg = reference.pool3x3_pair(ref_leaf, stride)
+        torch.testing.assert_close(max_out, ref_max, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(avg_out, ref_avg, equal_nan=True)
+        weights = torch.arange(1.0, max_out.numel() + 1, device=device, dtype=dtype).view_as(max_out)
+        (grad,) = torch.autograd.grad((max_out * weights).sum(), leaf)
+        (ref_grad,) = torch.autograd.grad((ref_max * weights).sum(), ref_leaf)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+
+
 def test_pool3x3_pair_keeps_a_byte_per_output_for_the_backward():
     x = torch.randn(4, 8, 16, 16, requires_grad=True)
     saved = []
@@ -457,6 +479,28 @@ def test_torch_compile_fullgraph(device):
         torch.testing.assert_close(c, b)
 
 
+def test_cpu_kernels_give_the_same_bits_on_any_thread_count():
+    """The CPU kernels split their work over torch's threads; partial sums are taken over
+    fixed chunks, so the outputs and every gradient are identical for 1 and 3 threads."""
+    x = torch.randn(3, 8, 36, 36)  # planes of 16 channels x 1296: mixed-op work of several chunks
+
+    def run(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            torch.manual_seed(1)
+            model = _TinyNet()
+            leaf = x.clone().requires_grad_()
+            out = model(leaf)
+            out.backward(torch.ones_like(out))
+            return [out, leaf.grad, *(p.grad for p in model.parameters()), *model.buffers()]
+        finally:
+            torch.set_num_threads(previous)
+
+    for single, several in zip(run(1), run(3)):
+        torch.testing.assert_close(several, single, rtol=0, atol=0)
+
+
 # ---- modules ----------------------------------------------------------------------
 def test_modules_initialise_like_conv2d():
     torch.manual_seed(3)
@@ -482,7 +526,9 @@ def test_fused_and_plain_modules_agree():
 
 def test_build_info():
     info = fastnas.build_info()
-    assert set(info) >= {"cuda", "cuda_arch_list", "torch"}
+    assert set(info) >= {"cuda", "cuda_arch_list", "torch", "openmp"}
+    # the CPU kernels run on torch's threads (at::parallel_for needs OpenMP at compile time)
+    assert info["openmp"] == torch.backends.openmp.is_available()
     assert info["torch"].split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
     if torch.cuda.is_available():
         assert info["cuda"]
