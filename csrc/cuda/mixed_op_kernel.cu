@@ -11,13 +11,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "../normalization_math.h"
 #include "../ops.h"
+#include "grid_stride.cuh"
 
 namespace fastnas {
 namespace {
@@ -53,11 +53,7 @@ at::Tensor computed_weights(const at::Tensor& weights, at::IntArrayRef computed,
   return weights.detach().index_select(0, index).to(acc_type).contiguous();
 }
 
-int64_t grid_for(int64_t work) {
-  const int64_t max_blocks =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
-}
+int64_t grid_for(int64_t work) { return grid_stride_blocks(work, kThreads, /*blocks_per_sm=*/8); }
 
 // Kernels are templated on the candidate count (kCount > 0) so the per-candidate loops
 // unroll and the weight-gradient partial sums live in registers; kCount == 0 is the
@@ -165,14 +161,15 @@ at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "mixed_op_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = input_table<scalar_t>(inputs);
-    const bool small_index = numel <= std::numeric_limits<int32_t>::max();
+    const int64_t blocks = grid_for(numel);
+    const bool small_index = int32_grid_stride_fits(numel, blocks, kThreads);
     with_candidate_count(num_inputs, small_index, [&](auto count) {
       constexpr int kCount = decltype(count)::value;
       if (small_index) {
-        forward_kernel<scalar_t, int32_t, kCount><<<grid_for(numel), kThreads, 0, stream>>>(
+        forward_kernel<scalar_t, int32_t, kCount><<<blocks, kThreads, 0, stream>>>(
             table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(numel));
       } else {
-        forward_kernel<scalar_t, int64_t, 0><<<grid_for(numel), kThreads, 0, stream>>>(
+        forward_kernel<scalar_t, int64_t, 0><<<blocks, kThreads, 0, stream>>>(
             table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), numel);
       }
     });
@@ -208,7 +205,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
       for (size_t j = 0; j < output_grads.size(); ++j) {
         grads.values[j] = output_grads[j].data_ptr<scalar_t>();
       }
-      const bool small_index = numel <= std::numeric_limits<int32_t>::max();
+      const bool small_index = int32_grid_stride_fits(numel, blocks, kThreads);
       with_candidate_count(num_inputs, small_index, [&](auto count) {
         constexpr int kCount = decltype(count)::value;
         if (small_index) {

@@ -8,11 +8,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../checks.h"
 #include "../index_math.h"
 #include "../ops.h"
+#include "grid_stride.cuh"
 
 namespace fastnas {
 namespace {
@@ -46,11 +45,7 @@ DilationTable make_dilation_table(at::IntArrayRef dilations) {
   return table;
 }
 
-int64_t grid_for(int64_t work) {
-  const int64_t max_blocks =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
-}
+int64_t grid_for(int64_t work) { return grid_stride_blocks(work, kThreads, /*blocks_per_sm=*/32); }
 
 template <typename scalar_t, typename index_t, int K>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
@@ -215,18 +210,19 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
   const Dims dims = make_dims(x.size(1), x.size(2), x.size(3), out_size.first, out_size.second,
                               dilations.size(), stride);
   const DilationTable table = make_dilation_table(dilations);
-  const bool wide = std::max(x.numel(), total) > std::numeric_limits<int32_t>::max();
+  const int64_t blocks = grid_for(total);
+  const bool wide = !int32_grid_stride_fits(std::max(x.numel(), total), blocks, kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "multi_dilation_dwconv2d_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
       const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
       if (wide) {
-        forward_kernel<scalar_t, int64_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+        forward_kernel<scalar_t, int64_t, K><<<blocks, kThreads, 0, stream>>>(
             x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
             dims, table, total);
       } else {
-        forward_kernel<scalar_t, int32_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+        forward_kernel<scalar_t, int32_t, K><<<blocks, kThreads, 0, stream>>>(
             x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
             dims, table, static_cast<int32_t>(total));
       }
@@ -249,17 +245,18 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
   const Dims dims = make_dims(input_size[1], input_size[2], input_size[3], grad_out.size(2),
                               grad_out.size(3), dilations.size(), stride);
   const DilationTable table = make_dilation_table(dilations);
-  const bool wide = std::max(grad_out.numel(), total) > std::numeric_limits<int32_t>::max();
+  const int64_t blocks = grid_for(total);
+  const bool wide = !int32_grid_stride_fits(std::max(grad_out.numel(), total), blocks, kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
                                   "multi_dilation_dwconv2d_grad_input_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
       if (wide) {
-        grad_input_kernel<scalar_t, int64_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+        grad_input_kernel<scalar_t, int64_t, K><<<blocks, kThreads, 0, stream>>>(
             grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
             grad_in.data_ptr<scalar_t>(), dims, table, total);
       } else {
-        grad_input_kernel<scalar_t, int32_t, K><<<grid_for(total), kThreads, 0, stream>>>(
+        grad_input_kernel<scalar_t, int32_t, K><<<blocks, kThreads, 0, stream>>>(
             grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
             grad_in.data_ptr<scalar_t>(), dims, table, static_cast<int32_t>(total));
       }

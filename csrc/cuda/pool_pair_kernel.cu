@@ -12,17 +12,14 @@
 #include "../checks.h"
 #include "../pool_math.h"
 #include "../ops.h"
+#include "grid_stride.cuh"
 
 namespace fastnas {
 namespace {
 
 constexpr int kThreads = 256;
 
-int64_t blocks_for(int64_t work) {
-  const int64_t max_blocks =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 16;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
-}
+int64_t blocks_for(int64_t work) { return grid_stride_blocks(work, kThreads, /*blocks_per_sm=*/16); }
 
 template <typename scalar_t>
 __global__ void pool_pair_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ max_out,
@@ -53,25 +50,10 @@ __global__ void pool_pair_backward_kernel(const scalar_t* __restrict__ grad_max,
     const int64_t w = i % width;
     const int64_t h = (i / width) % height;
     const int64_t plane = i / (width * height);
-    int64_t oh0, oh1, ow0, ow1;
-    pool_outputs_covering(h, stride, out_h, &oh0, &oh1);
-    pool_outputs_covering(w, stride, out_w, &ow0, &ow1);
-    acc_t total_grad = 0;
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      int64_t h0, h1;
-      pool_window(oh, stride, height, &h0, &h1);
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
-        const int64_t o = (plane * out_h + oh) * out_w + ow;
-        if (grad_max != nullptr && positions[o] == pool_window_position(h, w, oh, ow, stride)) {
-          total_grad += static_cast<acc_t>(grad_max[o]);
-        }
-        if (grad_avg != nullptr) {
-          int64_t w0, w1;
-          pool_window(ow, stride, width, &w0, &w1);
-          total_grad += static_cast<acc_t>(grad_avg[o]) / static_cast<acc_t>((h1 - h0) * (w1 - w0));
-        }
-      }
-    }
+    const int64_t outputs = plane * out_h * out_w;
+    const acc_t total_grad = pool_pair_input_grad<scalar_t, acc_t>(
+        grad_max == nullptr ? nullptr : grad_max + outputs, grad_avg == nullptr ? nullptr : grad_avg + outputs,
+        positions + outputs, h, w, height, width, out_h, out_w, stride);
     grad_x[i] = static_cast<scalar_t>(total_grad);
   }
 }
