@@ -53,6 +53,11 @@ def goals(op: str, mode: str, on_cuda: bool) -> dict:
     return {"eager": 2.0, "compile": 1.0} if on_cuda else {"eager": 1.0}
 
 
+def _cell(value: float | None, spec: str, width: int, unit: str = "") -> str:
+    """A right-aligned table cell; '-' where the row has no such value."""
+    return f"{'-' if value is None else format(value, spec) + unit:>{width}}"
+
+
 def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tuple[list[dict], str]:
     groups = defaultdict(dict)
     for b in benchmarks:
@@ -60,9 +65,10 @@ def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tup
         key = (info["op"], info["case"], info["dtype"], info["mode"])
         groups[key][info["impl"]] = {"median_s": b["stats"]["median"], **info}
     rows, lines = [], []
-    header = f"{'op':<24} {'case':<26} {'dtype':<9} {'mode':<7} {'fastnas':>9} {'eager':>9} {'speedup':>8} {'act':>5}"
+    header = (f"{'op':<24} {'case':<26} {'dtype':<9} {'mode':<7} {'fastnas ms':>10} {'eager ms':>10} {'speedup':>8}"
+              f" {'act':>5}")
     if on_cuda:
-        header += f" {'compile':>9} {'vs comp':>8} {'fwd BW':>7} {'peak':>5}"
+        header += f" {'compile ms':>10} {'vs comp':>8} {'fwd BW':>7} {'peak':>5}"
     lines += [header, "-" * len(header)]
     for key in sorted(groups):
         impls = groups[key]
@@ -91,11 +97,13 @@ def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tup
             missed.append("saved activations > 0.75x")
         row["goals_missed"] = missed
         rows.append(row)
-        line = (f"{op:<24} {case:<26} {dtype.replace('torch.', ''):<9} {mode:<7} {row['fastnas_ms']:8.3f}m "
-                f"{row['eager_ms']:8.3f}m {row['speedup_vs_eager']:7.2f}x {row.get('saved_activation_ratio', float('nan')):5.2f}")
+        bandwidth_percent = 100 * row["bandwidth_fraction"] if "bandwidth_fraction" in row else None
+        line = (f"{op:<24} {case:<26} {dtype.replace('torch.', ''):<9} {mode:<7} {_cell(row['fastnas_ms'], '.3f', 10)} "
+                f"{_cell(row['eager_ms'], '.3f', 10)} {_cell(row['speedup_vs_eager'], '.2f', 8, 'x')} "
+                f"{_cell(row.get('saved_activation_ratio'), '.2f', 5)}")
         if on_cuda:
-            line += (f" {row.get('compile_ms', float('nan')):8.3f}m {row.get('speedup_vs_compile', float('nan')):7.2f}x"
-                     f" {100 * row.get('bandwidth_fraction', float('nan')):6.1f}% {row.get('peak_memory_ratio', float('nan')):5.2f}")
+            line += (f" {_cell(row.get('compile_ms'), '.3f', 10)} {_cell(row.get('speedup_vs_compile'), '.2f', 8, 'x')}"
+                     f" {_cell(bandwidth_percent, '.1f', 7, '%')} {_cell(row.get('peak_memory_ratio'), '.2f', 5)}")
         if missed:
             line += "   MISSED: " + ", ".join(missed)
         lines.append(line)
