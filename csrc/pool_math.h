@@ -70,12 +70,12 @@ FASTNAS_HD void pool_pair_at(const scalar_t* plane, int64_t height, int64_t widt
 // Gradient of input (h, w) of one plane, gathered from the outputs whose windows cover it:
 // max-pool gradients of the windows whose maximum it is, plus every covering window's
 // average-pool gradient divided by the window's size. grad_max / grad_avg (either may be
-// null: that pool got no gradient) and positions point at the plane's outputs. Gathering
-// writes each input once, so threads never collide.
+// null: that pool got no gradient) and positions are whole tensors; the plane's outputs
+// start at `plane_outputs`. Gathering writes each input once, so threads never collide.
 template <typename scalar_t, typename acc_t>
 FASTNAS_HD acc_t pool_pair_input_grad(const scalar_t* grad_max, const scalar_t* grad_avg, const uint8_t* positions,
-                                      int64_t h, int64_t w, int64_t height, int64_t width, int64_t out_h,
-                                      int64_t out_w, int64_t stride) {
+                                      int64_t plane_outputs, int64_t h, int64_t w, int64_t height, int64_t width,
+                                      int64_t out_h, int64_t out_w, int64_t stride) {
   int64_t oh0, oh1, ow0, ow1;
   pool_outputs_covering(h, stride, out_h, &oh0, &oh1);
   pool_outputs_covering(w, stride, out_w, &ow0, &ow1);
@@ -84,7 +84,7 @@ FASTNAS_HD acc_t pool_pair_input_grad(const scalar_t* grad_max, const scalar_t* 
     int64_t h0, h1;
     pool_window(oh, stride, height, &h0, &h1);
     for (int64_t ow = ow0; ow < ow1; ++ow) {
-      const int64_t o = oh * out_w + ow;
+      const int64_t o = plane_outputs + oh * out_w + ow;
       if (grad_max != nullptr && positions[o] == pool_window_position(h, w, oh, ow, stride)) {
         total += static_cast<acc_t>(grad_max[o]);
       }

@@ -114,13 +114,11 @@ at::Tensor pool3x3_pair_backward_cpu(const std::optional<at::Tensor>& grad_max_i
       const int64_t fixed_stride = stride_constant > 0 ? int64_t{stride_constant} : stride;
       at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) {
-          const int64_t outputs = p * out_h * out_w;
           scalar_t* plane = dst + p * height * width;
           for (int64_t h = 0; h < height; ++h) {
             for (int64_t w = 0; w < width; ++w) {
               plane[h * width + w] = pool_pair_input_grad<scalar_t, scalar_t>(
-                  gmax == nullptr ? nullptr : gmax + outputs, gavg == nullptr ? nullptr : gavg + outputs,
-                  position_data + outputs, h, w, height, width, out_h, out_w, fixed_stride);
+                  gmax, gavg, position_data, p * out_h * out_w, h, w, height, width, out_h, out_w, fixed_stride);
             }
           }
         }

@@ -50,10 +50,8 @@ __global__ void pool_pair_backward_kernel(const scalar_t* __restrict__ grad_max,
     const int64_t w = i % width;
     const int64_t h = (i / width) % height;
     const int64_t plane = i / (width * height);
-    const int64_t outputs = plane * out_h * out_w;
     const acc_t total_grad = pool_pair_input_grad<scalar_t, acc_t>(
-        grad_max == nullptr ? nullptr : grad_max + outputs, grad_avg == nullptr ? nullptr : grad_avg + outputs,
-        positions + outputs, h, w, height, width, out_h, out_w, stride);
+        grad_max, grad_avg, positions, plane * out_h * out_w, h, w, height, width, out_h, out_w, stride);
     grad_x[i] = static_cast<scalar_t>(total_grad);
   }
 }
