@@ -13,6 +13,8 @@
 #include <tuple>
 #include <vector>
 
+#include "library.h"
+
 namespace fastnas {
 namespace {
 
@@ -48,7 +50,7 @@ class ChannelShuffleFunction : public torch::autograd::Function<ChannelShuffleFu
 
  private:
   static c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, int64_t)> op() {
-    return fastnas_op<at::Tensor(const at::Tensor&, int64_t)>("fastnas::channel_shuffle");
+    return fastnas_op<at::Tensor(const at::Tensor&, int64_t)>(FASTNAS_OP("channel_shuffle"));
   }
 };
 
@@ -68,7 +70,7 @@ class ShuffleGConv1x1Function : public torch::autograd::Function<ShuffleGConv1x1
     ctx->saved_data["shuffle_groups"] = shuffle_groups;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     return fastnas_op<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                 int64_t, int64_t)>("fastnas::shuffle_gconv1x1")
+                                 int64_t, int64_t)>(FASTNAS_OP("shuffle_gconv1x1"))
         .call(x, weight, bias, groups, shuffle_groups);
   }
 
@@ -81,11 +83,11 @@ class ShuffleGConv1x1Function : public torch::autograd::Function<ShuffleGConv1x1
     using GradSignature = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t);
     at::Tensor grad_x, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      grad_x = fastnas_op<GradSignature>("fastnas::shuffle_gconv1x1_grad_input")
+      grad_x = fastnas_op<GradSignature>(FASTNAS_OP("shuffle_gconv1x1_grad_input"))
                    .call(grad, saved[1], groups, shuffle_groups);
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = fastnas_op<GradSignature>("fastnas::shuffle_gconv1x1_grad_weight")
+      grad_weight = fastnas_op<GradSignature>(FASTNAS_OP("shuffle_gconv1x1_grad_weight"))
                         .call(grad, saved[0], groups, shuffle_groups);
     }
     if (has_bias && ctx->needs_input_grad(2)) {
@@ -114,7 +116,7 @@ class MultiDilationFunction : public torch::autograd::Function<MultiDilationFunc
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     return fastnas_op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-                                 const std::optional<at::Tensor>&, int64_t)>("fastnas::multi_dilation_dwconv2d")
+                                 const std::optional<at::Tensor>&, int64_t)>(FASTNAS_OP("multi_dilation_dwconv2d"))
         .call(x, weight, dilations, bias, stride);
   }
 
@@ -128,12 +130,12 @@ class MultiDilationFunction : public torch::autograd::Function<MultiDilationFunc
     at::Tensor grad_x, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
       grad_x = fastnas_op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t,
-                                     at::IntArrayRef)>("fastnas::multi_dilation_dwconv2d_grad_input")
+                                     at::IntArrayRef)>(FASTNAS_OP("multi_dilation_dwconv2d_grad_input"))
                    .call(grad, weight, dilations, stride, concrete_sizes(x));
     }
     if (ctx->needs_input_grad(1)) {
       grad_weight = fastnas_op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t,
-                                          int64_t)>("fastnas::multi_dilation_dwconv2d_grad_weight")
+                                          int64_t)>(FASTNAS_OP("multi_dilation_dwconv2d_grad_weight"))
                         .call(grad, x, dilations, stride, concrete_sizes(weight).back());
     }
     // Edges exist only for tensors: x, weight, then bias (dilations is not one).
@@ -155,7 +157,7 @@ c10::TypedOperatorHandle<std::tuple<std::vector<at::Tensor>, at::Tensor>(
     const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, bool)>
 mixed_op_backward_op() {
   return fastnas_op<std::tuple<std::vector<at::Tensor>, at::Tensor>(
-      const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, bool)>("fastnas::mixed_op_backward");
+      const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, bool)>(FASTNAS_OP("mixed_op_backward"));
 }
 
 class MixedOpFunction : public torch::autograd::Function<MixedOpFunction> {
@@ -167,7 +169,7 @@ class MixedOpFunction : public torch::autograd::Function<MixedOpFunction> {
     saved.push_back(weights);
     ctx->save_for_backward(saved);
     ctx->saved_data["indices"] = indices.vec();
-    return fastnas_op<at::Tensor(at::TensorList, const at::Tensor&, at::IntArrayRef)>("fastnas::mixed_op")
+    return fastnas_op<at::Tensor(at::TensorList, const at::Tensor&, at::IntArrayRef)>(FASTNAS_OP("mixed_op"))
         .call(outputs, weights, indices);
   }
 
@@ -236,8 +238,18 @@ class PassThroughMixedSumFunction : public torch::autograd::Function<PassThrough
   }
 };
 
+// Whether the CPU kernels run the op. The SIMT test build runs the CUDA kernels on CPU
+// tensors, and must take the CUDA path to exercise them.
+bool runs_cpu_kernels(const at::Tensor& t) {
+#ifdef FASTNAS_SIMT
+  return false;
+#else
+  return t.device().is_cpu();
+#endif
+}
+
 at::Tensor mixed_op_autograd(at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef indices) {
-  const bool split = !outputs.empty() && outputs[0].device().is_cpu() && at::GradMode::is_enabled();
+  const bool split = !outputs.empty() && runs_cpu_kernels(outputs[0]) && at::GradMode::is_enabled();
   if (!split) return MixedOpFunction::apply(outputs, weights, indices);
   const at::Tensor frozen_weights = weights.detach();
   std::vector<at::Tensor> scaled;
@@ -258,10 +270,10 @@ class BatchNormMixedOpFunction : public torch::autograd::Function<BatchNormMixed
   static variable_list forward(AutogradContext* ctx, at::TensorList outputs, const at::Tensor& weights,
                                at::IntArrayRef indices, const c10::List<bool>& normalize, double eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, mean, invstd] =
-        fastnas_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(at::TensorList, const at::Tensor&, at::IntArrayRef,
-                                                                  const c10::List<bool>&, double)>(
-            "fastnas::batch_norm_mixed_op")
+    auto [out, mean, invstd, variance] =
+        fastnas_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+            at::TensorList, const at::Tensor&, at::IntArrayRef, const c10::List<bool>&, double)>(
+            FASTNAS_OP("batch_norm_mixed_op"))
             .call(outputs, weights, indices, normalize, eps);
     std::vector<at::Tensor> saved(outputs.begin(), outputs.end());
     saved.push_back(weights);
@@ -270,8 +282,8 @@ class BatchNormMixedOpFunction : public torch::autograd::Function<BatchNormMixed
     ctx->save_for_backward(saved);
     ctx->saved_data["indices"] = indices.vec();
     ctx->saved_data["normalize"] = normalize;
-    ctx->mark_non_differentiable({mean, invstd});
-    return {out, mean, invstd};
+    ctx->mark_non_differentiable({mean, invstd, variance});
+    return {out, mean, invstd, variance};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -288,7 +300,7 @@ class BatchNormMixedOpFunction : public torch::autograd::Function<BatchNormMixed
     auto [output_grads, grad_weights] =
         fastnas_op<std::tuple<std::vector<at::Tensor>, at::Tensor>(
             const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, const c10::List<bool>&,
-            const at::Tensor&, const at::Tensor&, bool)>("fastnas::batch_norm_mixed_op_backward")
+            const at::Tensor&, const at::Tensor&, bool)>(FASTNAS_OP("batch_norm_mixed_op_backward"))
             .call(grads[0], saved, weights, ctx->saved_data["indices"].toIntVector(),
                   ctx->saved_data["normalize"].toBoolList(), mean, invstd, need_output_grads);
     variable_list result(count + 4);
@@ -300,13 +312,11 @@ class BatchNormMixedOpFunction : public torch::autograd::Function<BatchNormMixed
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_autograd(at::TensorList outputs,
-                                                                            const at::Tensor& weights,
-                                                                            at::IntArrayRef indices,
-                                                                            const c10::List<bool>& normalize,
-                                                                            double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_autograd(
+    at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef indices, const c10::List<bool>& normalize,
+    double eps) {
   variable_list result = BatchNormMixedOpFunction::apply(outputs, weights, indices, normalize, eps);
-  return {result[0], result[1], result[2]};
+  return {result[0], result[1], result[2], result[3]};
 }
 
 // ---- 3x3 pooling pair ----
@@ -315,7 +325,7 @@ class Pool3x3PairFunction : public torch::autograd::Function<Pool3x3PairFunction
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t stride) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [max_out, avg_out, positions] =
-        fastnas_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t)>("fastnas::pool3x3_pair")
+        fastnas_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t)>(FASTNAS_OP("pool3x3_pair"))
             .call(x, stride);
     ctx->save_for_backward({positions});
     ctx->saved_data["input_size"] = concrete_sizes(x);
@@ -330,7 +340,7 @@ class Pool3x3PairFunction : public torch::autograd::Function<Pool3x3PairFunction
     auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
     at::Tensor grad_x =
         fastnas_op<at::Tensor(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
-                              at::IntArrayRef, int64_t)>("fastnas::pool3x3_pair_backward")
+                              at::IntArrayRef, int64_t)>(FASTNAS_OP("pool3x3_pair_backward"))
             .call(optional(grads[0]), optional(grads[1]), ctx->get_saved_variables()[0],
                   ctx->saved_data["input_size"].toIntVector(), ctx->saved_data["stride"].toInt());
     return {grad_x, at::Tensor()};
@@ -344,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_autograd(const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, Autograd, m) {
+FASTNAS_TORCH_LIBRARY_IMPL(Autograd, m) {
   m.impl("channel_shuffle", &channel_shuffle_autograd);
   m.impl("shuffle_gconv1x1", &shuffle_gconv1x1_autograd);
   m.impl("multi_dilation_dwconv2d", &multi_dilation_dwconv2d_autograd);

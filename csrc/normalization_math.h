@@ -16,16 +16,17 @@ FASTNAS_HD int64_t channel_of(int64_t plane_index, int64_t channels) {
   return plane_index % channels;
 }
 
-// Mean and 1/sqrt(var + eps) (biased variance, as batch norm normalises) from sums of
-// (z - shift) and (z - shift)^2 over `count` values. Shifting by a value of the channel
+// Mean, biased variance (what batch norm normalises with) and 1/sqrt(var + eps) from sums
+// of (z - shift) and (z - shift)^2 over `count` values. Shifting by a value of the channel
 // keeps the difference of squares from cancelling when |mean| >> std.
 template <typename acc_t>
 FASTNAS_HD void finalize_moments(acc_t shifted_sum, acc_t shifted_sum_sq, int64_t count, acc_t shift,
-                                 double eps, acc_t* mean, acc_t* invstd) {
+                                 double eps, acc_t* mean, acc_t* variance, acc_t* invstd) {
   const acc_t shifted_mean = shifted_sum / static_cast<acc_t>(count);
   acc_t var = shifted_sum_sq / static_cast<acc_t>(count) - shifted_mean * shifted_mean;
   if (var < acc_t(0)) var = acc_t(0);
   *mean = shifted_mean + shift;
+  *variance = var;
   *invstd = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
 }
 

@@ -14,12 +14,23 @@ namespace fastnas {
 std::pair<int64_t, int64_t> check_multi_dilation_args(const at::Tensor& x,
                                                       const at::Tensor& weight,
                                                       at::IntArrayRef dilations, int64_t stride);
+// The backward ops' checks: the forward's, and grad_out shaped as the forward's output.
+void check_multi_dilation_grad_input_args(const at::Tensor& grad_out, const at::Tensor& weight,
+                                          at::IntArrayRef dilations, int64_t stride, at::IntArrayRef input_size);
+void check_multi_dilation_grad_weight_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                           at::IntArrayRef dilations, int64_t stride, int64_t kernel_size);
 
 // ---- mixed op ----
 // Validates the computed candidates (outputs[j] is candidate indices[j]) and weights;
 // every candidate left out must have weight exactly zero.
 void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
                          at::IntArrayRef indices);
+
+// The backward's checks: the forward's, and the incoming gradient shaped, typed and placed
+// as the outputs.
+void check_mixed_op_backward_args(const at::Tensor& grad, at::TensorList outputs, const at::Tensor& weights,
+                                  at::IntArrayRef indices);
+void check_incoming_gradient(const at::Tensor& grad, const at::Tensor& first_output);
 
 // The gradient of all K weights from the gradients of the computed candidates' weights
 // (per_computed[j] for candidate indices[j]); skipped candidates were never computed, so
@@ -35,18 +46,19 @@ int64_t check_batch_norm_mixed_op_args(at::TensorList outputs, const at::Tensor&
                                        at::IntArrayRef indices, const c10::List<bool>& normalize,
                                        double eps);
 
-// The backward's checks: the forward's (but eps), and mean/invstd shaped (J, C) as the
-// forward returns them. Returns the number of values per channel.
-int64_t check_batch_norm_mixed_op_backward_args(at::TensorList outputs, const at::Tensor& weights,
-                                                at::IntArrayRef indices, const c10::List<bool>& normalize,
-                                                const at::Tensor& mean, const at::Tensor& invstd);
+// The backward's checks: the forward's (but eps), grad as the outputs, and mean/invstd
+// shaped (J, C) as the forward returns them. Returns the number of values per channel.
+int64_t check_batch_norm_mixed_op_backward_args(const at::Tensor& grad, at::TensorList outputs,
+                                                const at::Tensor& weights, at::IntArrayRef indices,
+                                                const c10::List<bool>& normalize, const at::Tensor& mean,
+                                                const at::Tensor& invstd);
 
 // ---- 3x3 pooling pair ----
 // Validates x (N, C, H, W) and stride; returns the output spatial size.
 std::pair<int64_t, int64_t> check_pool_pair_args(const at::Tensor& x, int64_t stride);
 
 // The backward's gradients (contiguous; undefined where that pool's output got none) and
-// window positions, checked.
+// window positions, checked against each other and the forward's input size and stride.
 struct PoolPairBackwardArgs {
   at::Tensor grad_max, grad_avg, positions;
   // A defined gradient: its dtype, device and options are the input gradient's.
@@ -54,6 +66,7 @@ struct PoolPairBackwardArgs {
 };
 PoolPairBackwardArgs check_pool_pair_backward_args(const std::optional<at::Tensor>& grad_max,
                                                    const std::optional<at::Tensor>& grad_avg,
-                                                   const at::Tensor& positions, at::IntArrayRef input_size);
+                                                   const at::Tensor& positions, at::IntArrayRef input_size,
+                                                   int64_t stride);
 
 }  // namespace fastnas

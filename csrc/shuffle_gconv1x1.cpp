@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "library.h"
 #include "checks.h"
 #include "index_math.h"
 
@@ -179,7 +180,7 @@ at::Tensor shuffle_gconv1x1_grad_weight(const at::Tensor& grad_out_in, const at:
   return grad_weight;
 }
 
-TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
+FASTNAS_TORCH_LIBRARY_IMPL(CPU, m) {
   m.impl("channel_shuffle", &channel_shuffle);
   m.impl("shuffle_gconv1x1", &shuffle_gconv1x1);
   m.impl("shuffle_gconv1x1_grad_input", &shuffle_gconv1x1_grad_input);
@@ -187,7 +188,7 @@ TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
 }
 
 #ifdef FASTNAS_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastnas, CUDA, m) {
+FASTNAS_TORCH_LIBRARY_IMPL(CUDA, m) {
   m.impl("channel_shuffle", &channel_shuffle);
   m.impl("shuffle_gconv1x1", &shuffle_gconv1x1);
   m.impl("shuffle_gconv1x1_grad_input", &shuffle_gconv1x1_grad_input);

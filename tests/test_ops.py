@@ -1,5 +1,7 @@
 """fastnas.ops against the pure-PyTorch reference: forward, backward, gradcheck,
-opcheck, torch.compile, layouts, batch 0 and bad input, on every available device."""
+opcheck, torch.compile, layouts, batch 0 and bad input. The ops with CUDA kernels run on
+every backend: the CPU kernels, the CUDA kernels on the SIMT emulator (CPU tensors) and,
+where a GPU is present, on the GPU."""
 
 import pytest
 import torch
@@ -8,35 +10,11 @@ import torch.nn.functional as F
 import fastnas
 from fastnas import ops
 from fastnas.ops import reference
-from conftest import assert_matches
-
-CUDA_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-CPU_DTYPES = [torch.float32, torch.float64]
+from conftest import assert_matches, check_against_reference, forward_backward
 
 
 def dtypes_for(device):
-    return CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
-
-
-def _forward_backward(fn, inputs, grad_out_seed=1):
-    """Runs fn, backpropagates a fixed random gradient, returns (out, grads)."""
-    leaves = [t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
-    out = fn(*leaves)
-    generator = torch.Generator().manual_seed(grad_out_seed)
-    grad = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out)
-    out.backward(grad)
-    return out.detach(), [None if t is None or t.grad is None else t.grad for t in leaves]
-
-
-def _check_against_reference(fused, plain, inputs, dtype):
-    out, grads = _forward_backward(fused, inputs)
-    wide = [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
-    ref_out, ref_grads = _forward_backward(plain, wide)
-    assert_matches(out, ref_out.to(dtype))
-    for grad, ref_grad in zip(grads, ref_grads):
-        assert (grad is None) == (ref_grad is None)
-        if grad is not None:
-            assert_matches(grad, ref_grad.to(dtype))
+    return [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if device.type == "cuda" else [])
 
 
 # ---- channel shuffle ----------------------------------------------------------------
@@ -79,7 +57,7 @@ def test_shuffle_gconv1x1_matches_reference(device, case, with_bias):
         x = torch.randn(n, cin, h, w, device=device, dtype=dtype, requires_grad=True)
         weight = torch.randn(cout, cin // groups, 1, 1, device=device, dtype=dtype, requires_grad=True)
         bias = torch.randn(cout, device=device, dtype=dtype, requires_grad=True) if with_bias else None
-        _check_against_reference(
+        check_against_reference(
             lambda a, b, c: ops.shuffle_gconv1x1(a, b, c, groups, sg),
             lambda a, b, c: reference.shuffle_gconv1x1(a, b, c, groups, sg),
             [x, weight, bias],
@@ -119,18 +97,20 @@ DWCONV_CASES = [
     (1, 4, 3, 3, 3, (4, 4), 1),  # dilation wider than the image
     (2, 4, 8, 8, 7, (1, 2), 3),
     (1, 3, 6, 6, 1, (1, 2, 3), 2),
+    (3, 11, 13, 17, 3, (1,), 1),  # odd sizes: partial warps and blocks
 ]
 
 
 @pytest.mark.parametrize("case", DWCONV_CASES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_multi_dilation_dwconv2d_matches_reference(device, case, with_bias):
+def test_multi_dilation_dwconv2d_matches_reference(backend, case, with_bias):
     n, c, h, w, k, dilations, stride = case
-    for dtype in dtypes_for(device):
+    device = backend.device
+    for dtype in backend.dtypes:
         x = torch.randn(n, c, h, w, device=device, dtype=dtype, requires_grad=True)
         weight = torch.randn(c, 1, k, k, device=device, dtype=dtype, requires_grad=True)
         bias = torch.randn(c, device=device, dtype=dtype, requires_grad=True) if with_bias else None
-        _check_against_reference(
+        check_against_reference(
             lambda a, b, bb: ops.multi_dilation_dwconv2d(a, b, dilations, bb, stride),
             lambda a, b, bb: reference.multi_dilation_dwconv2d(a, b, dilations, bb, stride),
             [x, weight, bias],
@@ -138,31 +118,72 @@ def test_multi_dilation_dwconv2d_matches_reference(device, case, with_bias):
         )
 
 
-def test_multi_dilation_single_dilation_equals_depthwise_conv(device):
-    x = torch.randn(2, 6, 8, 8, device=device, dtype=torch.float64)
-    weight = torch.randn(6, 1, 3, 3, device=device, dtype=torch.float64)
+def test_multi_dilation_single_dilation_equals_depthwise_conv(backend):
+    x = torch.randn(2, 6, 8, 8, device=backend.device, dtype=torch.float64)
+    weight = torch.randn(6, 1, 3, 3, device=backend.device, dtype=torch.float64)
     expected = F.conv2d(x, weight, stride=2, padding=2, dilation=2, groups=6)
     torch.testing.assert_close(ops.multi_dilation_dwconv2d(x, weight, (2,), stride=2), expected)
 
 
-def test_multi_dilation_channels_last_and_batch_zero(device):
-    x = torch.randn(2, 8, 7, 7, device=device).to(memory_format=torch.channels_last)
-    weight = torch.randn(8, 1, 3, 3, device=device)
-    torch.testing.assert_close(
-        ops.multi_dilation_dwconv2d(x, weight, (1, 2)), reference.multi_dilation_dwconv2d(x, weight, (1, 2))
-    )
-    empty = torch.randn(0, 8, 7, 7, device=device, requires_grad=True)
-    w = weight.clone().requires_grad_()
-    out = ops.multi_dilation_dwconv2d(empty, w, (1, 2), stride=2)
-    assert out.shape == (0, 8, 4, 4)
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_multi_dilation_channels_last_and_strided_input(backend, layout):
+    device = backend.device
+    base = torch.randn(2, 16, 7, 7, device=device, dtype=torch.float64)
+    x = base.to(memory_format=torch.channels_last) if layout == "channels_last" else base[:, ::2]
+    weight = torch.randn(x.shape[1], 1, 3, 3, device=device, dtype=torch.float64)
+    check_against_reference(lambda a, b: ops.multi_dilation_dwconv2d(a, b, (1, 2), stride=2),
+                            lambda a, b: reference.multi_dilation_dwconv2d(a, b, (1, 2), stride=2),
+                            [x.requires_grad_(), weight.requires_grad_()], torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 7, 7), (2, 0, 7, 7)])
+def test_multi_dilation_empty_batch_and_no_channels(backend, shape):
+    """Batch 0 and C = 0 give empty outputs and zero weight gradients (the CUDA launcher
+    once divided by C in the weight gradient: a host SIGFPE)."""
+    x = torch.randn(*shape, device=backend.device, requires_grad=True)
+    w = torch.randn(shape[1], 1, 3, 3, device=backend.device, requires_grad=True)
+    out = ops.multi_dilation_dwconv2d(x, w, (1, 2) if shape[1] else (1,), stride=2)
+    assert out.shape == (shape[0], shape[1], 4, 4)
     out.sum().backward()
+    assert x.grad.shape == x.shape
     assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_multi_dilation_backward_ops_check_their_arguments(backend):
+    """The backward ops are public: called directly with a gradient or arguments that do not
+    fit, they raise instead of reading out of bounds or dividing by zero."""
+    lib, device = backend.library, backend.device
+    x = torch.randn(2, 8, 9, 7, device=device)
+    w = torch.randn(8, 1, 3, 3, device=device)
+    grad = torch.randn(2, 8, 5, 4, device=device)  # the output of stride 2
+    lib.multi_dilation_dwconv2d_grad_input(grad, w, [1, 2], 2, [2, 8, 9, 7])
+    lib.multi_dilation_dwconv2d_grad_weight(grad, x, [1, 2], 2, 3)
+    with pytest.raises(RuntimeError, match=r"dilations is empty"):
+        lib.multi_dilation_dwconv2d_grad_input(grad, w, [], 2, [2, 8, 9, 7])
+    with pytest.raises(RuntimeError, match=r"dilations is empty"):
+        lib.multi_dilation_dwconv2d_grad_weight(grad, x, [], 2, 3)
+    for stride in (0, -1):
+        with pytest.raises(RuntimeError, match=r"stride must be >= 1"):
+            lib.multi_dilation_dwconv2d_grad_input(grad, w, [1, 2], stride, [2, 8, 9, 7])
+        with pytest.raises(RuntimeError, match=r"stride must be >= 1"):
+            lib.multi_dilation_dwconv2d_grad_weight(grad, x, [1, 2], stride, 3)
+    with pytest.raises(RuntimeError, match=r"grad_out must be shaped \[2, 8, 5, 4\]"):
+        lib.multi_dilation_dwconv2d_grad_input(grad[:, :, :3], w, [1, 2], 2, [2, 8, 9, 7])
+    with pytest.raises(RuntimeError, match=r"grad_out must be shaped \[2, 8, 9, 7\]"):
+        lib.multi_dilation_dwconv2d_grad_weight(grad, x, [1, 2], 1, 3)
+    with pytest.raises(RuntimeError, match=r"weight must be shaped \(C, 1, K, K\) = \(8, 1, K, K\)"):
+        lib.multi_dilation_dwconv2d_grad_input(grad, w[:4], [1, 2], 2, [2, 8, 9, 7])
+    with pytest.raises(RuntimeError, match=r"kernel_size=4"):
+        lib.multi_dilation_dwconv2d_grad_weight(grad, x, [1, 2], 2, 4)
+    with pytest.raises(RuntimeError, match=r"grad_out has dtype Double but x has dtype Float"):
+        lib.multi_dilation_dwconv2d_grad_weight(grad.double(), x, [1, 2], 2, 3)
 
 
 # ---- mixed op ----------------------------------------------------------------------
 @pytest.mark.parametrize("present", [(True, True, True), (True, False, True), (False, False, True)])
-def test_mixed_op_matches_reference(device, present):
-    for dtype in dtypes_for(device):
+def test_mixed_op_matches_reference(backend, present):
+    device = backend.device
+    for dtype in backend.dtypes:
         outputs = [
             torch.randn(2, 3, 5, 5, device=device, dtype=dtype, requires_grad=True) if p else None
             for p in present
@@ -176,17 +197,12 @@ def test_mixed_op_matches_reference(device, present):
             it = iter(computed)
             return fn([next(it) if p else None for p in present], w)
 
-        out, grads = _forward_backward(fused, leaves)
-        wide = [t.detach().double().requires_grad_() for t in leaves]
-        ref_out, ref_grads = _forward_backward(lambda *a: fused(*a, fn=reference.mixed_op), wide)
-        assert_matches(out, ref_out.to(dtype))
-        assert_matches(grads[0], ref_grads[0].float())
-        for grad, ref_grad in zip(grads[1:], ref_grads[1:]):
-            assert_matches(grad, ref_grad.to(dtype))
+        check_against_reference(fused, lambda *a: fused(*a, fn=reference.mixed_op), leaves, dtype)
 
 
 @pytest.mark.parametrize("count", [1, 8, 11])  # CUDA: templated counts and the general kernel
-def test_mixed_op_candidate_counts(device, count):
+def test_mixed_op_candidate_counts(backend, count):
+    device = backend.device
     outputs = [torch.randn(3, 4, 5, device=device, dtype=torch.float64, requires_grad=True) for _ in range(count)]
     weights = torch.rand(count, device=device, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(3, 4, 5, device=device, dtype=torch.float64)
@@ -196,9 +212,40 @@ def test_mixed_op_candidate_counts(device, count):
         torch.testing.assert_close(got, expected)
 
 
-def test_mixed_op_partial_gradients(device):
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_mixed_op_channels_last_and_strided_outputs(backend, layout):
+    base = [torch.randn(2, 6, 5, 7, device=backend.device, dtype=torch.float64) for _ in range(3)]
+    outputs = [b.to(memory_format=torch.channels_last) if layout == "channels_last" else b[:, ::2] for b in base]
+    weights = torch.rand(3, device=backend.device, dtype=torch.float64)
+    check_against_reference(lambda w, *o: ops.mixed_op(list(o), w), lambda w, *o: reference.mixed_op(list(o), w),
+                            [weights.requires_grad_(), *(o.requires_grad_() for o in outputs)], torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4)])
+def test_mixed_op_empty_outputs(backend, shape):
+    outputs = [torch.randn(*shape, device=backend.device, requires_grad=True) for _ in range(2)]
+    weights = torch.tensor([0.4, 0.6], device=backend.device, requires_grad=True)
+    out = ops.mixed_op(outputs, weights)
+    assert out.shape == shape
+    out.sum().backward()
+    assert torch.equal(weights.grad, torch.zeros(2, device=backend.device))
+    assert all(o.grad.shape == shape for o in outputs)
+
+
+def test_mixed_op_with_no_computed_output_returns_what_the_reference_returns(backend):
+    weights = torch.zeros(3, device=backend.device)
+    assert reference.mixed_op([None] * 3, weights) is None
+    assert ops.mixed_op([None] * 3, weights) is None
+    norms = [torch.nn.BatchNorm2d(4, affine=False)] * 3
+    assert ops.batch_norm_mixed_op([None] * 3, weights, norms) is None
+    with pytest.raises(ValueError, match=r"every output is None but weights = \[0.0, 1.0, 0.0\]"):
+        ops.mixed_op([None] * 3, torch.tensor([0.0, 1.0, 0.0], device=backend.device))
+
+
+def test_mixed_op_partial_gradients(backend):
     """Frozen weights (the weight step of DARTS) and candidates that need no gradient: the
     others still get w_k * grad, and nothing is computed for the rest."""
+    device = backend.device
     outputs = [torch.randn(2, 3, 4, device=device, requires_grad=k != 1) for k in range(3)]
     weights = torch.tensor([0.2, 0.5, 0.3], device=device)
     grad = torch.randn(2, 3, 4, device=device)
@@ -211,6 +258,17 @@ def test_mixed_op_partial_gradients(device):
     torch.testing.assert_close(g, torch.stack([(grad * o).sum() for o in outputs]).detach())
 
 
+def test_mixed_op_backward_checks_the_incoming_gradient(backend):
+    lib, device = backend.library, backend.device
+    outputs = [torch.randn(2, 3, 4, 5, device=device) for _ in range(2)]
+    weights = torch.tensor([0.3, 0.7], device=device)
+    with pytest.raises(RuntimeError, match=r"grad has shape \[2, 3, 4, 4\] but the outputs have shape \[2, 3, 4, 5\]"):
+        lib.mixed_op_backward(torch.randn(2, 3, 4, 4, device=device), outputs, weights, [0, 1], True)
+    with pytest.raises(RuntimeError, match=r"grad has dtype Double on .* but the outputs have dtype Float"):
+        lib.mixed_op_backward(torch.randn(2, 3, 4, 5, device=device, dtype=torch.float64), outputs, weights, [0, 1],
+                              True)
+
+
 def test_autograd_is_registered_in_cpp():
     # A Python autograd formula costs 100-300 us per call (see csrc/autograd.cpp).
     for name in ("channel_shuffle", "shuffle_gconv1x1", "multi_dilation_dwconv2d", "mixed_op", "batch_norm_mixed_op",
@@ -220,17 +278,19 @@ def test_autograd_is_registered_in_cpp():
         assert "csrc/autograd.cpp" in autograd and "[ boxed unboxed ]" in autograd
 
 
-def test_mixed_op_large_tensor_weight_gradient(device):
+def test_mixed_op_large_tensor_weight_gradient(backend):
     # Many chunks/blocks in the reduction.
-    outputs = [torch.randn(4, 16, 64, 64, device=device, dtype=torch.float64) for _ in range(3)]
+    device = backend.device
+    shape = (4, 16, 64, 64) if backend.name != "simt" else (2, 16, 32, 32)
+    outputs = [torch.randn(*shape, device=device, dtype=torch.float64) for _ in range(3)]
     weights = torch.rand(3, device=device, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(4, 16, 64, 64, device=device, dtype=torch.float64)
+    grad = torch.randn(*shape, device=device, dtype=torch.float64)
     (g,) = torch.autograd.grad(ops.mixed_op(outputs, weights), weights, grad)
     expected = torch.stack([(grad * o).sum() for o in outputs])
     torch.testing.assert_close(g, expected)
 
 
-def test_mixed_op_module_runs_only_active_candidates(device):
+def test_mixed_op_module_runs_only_active_candidates(backend):
     calls = []
 
     class Probe(torch.nn.Module):
@@ -243,8 +303,8 @@ def test_mixed_op_module_runs_only_active_candidates(device):
             return x * (self.index + 1)
 
     module = ops.MixedOp([Probe(i) for i in range(4)])
-    x = torch.randn(2, 3, device=device)
-    out = module(x, torch.tensor([0.0, 0.0, 1.0, 0.0], device=device))
+    x = torch.randn(2, 3, device=backend.device)
+    out = module(x, torch.tensor([0.0, 0.0, 1.0, 0.0], device=backend.device))
     assert calls == [2]
     torch.testing.assert_close(out, 3 * x)
 
@@ -262,17 +322,19 @@ def _wide_copies(norms):
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_batch_norm_mixed_op_matches_reference(device, momentum):
+def test_batch_norm_mixed_op_matches_reference(backend, momentum):
     """Outputs far from zero mean (the statistics must not cancel), a skipped candidate,
     a candidate used as is; output, every gradient and the running statistics."""
-    for dtype in dtypes_for(device):
+    device = backend.device
+    for dtype in backend.dtypes:
         present = [True, True, False, True]
         outputs = [(torch.randn(3, 5, 7, 6, device=device) * 0.5 + 4 * k).to(dtype).requires_grad_() if p else None
                    for k, p in enumerate(present)]
         weights = torch.tensor([0.3, 0.2, 0.0, 0.5], device=device, requires_grad=True)
         norms = _edge_norms(4, 5, device, momentum)
         reference_norms = _wide_copies(norms)
-        grad = torch.randn(3, 5, 7, 6, device=device, dtype=torch.float64)
+        # rounded to the dtype first: the float64 reference sees the gradient the kernel sees
+        grad = torch.randn(3, 5, 7, 6, device=device, dtype=torch.float64).to(dtype)
         leaves = [weights] + [o for o in outputs if o is not None]
 
         def call(fn, tensors, norm_list):
@@ -281,10 +343,10 @@ def test_batch_norm_mixed_op_matches_reference(device, momentum):
 
         for _ in range(2):  # twice: the running statistics blend two batches
             out = call(ops.batch_norm_mixed_op, leaves, norms)
-            grads = torch.autograd.grad(out, leaves, grad.to(dtype))
+            grads = torch.autograd.grad(out, leaves, grad)
             wide = [t.detach().double().requires_grad_() for t in leaves]
             ref_out = call(reference.batch_norm_mixed_op, wide, reference_norms)
-            ref_grads = torch.autograd.grad(ref_out, wide, grad)
+            ref_grads = torch.autograd.grad(ref_out, wide, grad.double())
         assert_matches(out, ref_out.to(dtype))
         assert_matches(grads[0], ref_grads[0].float())
         for got, expected in zip(grads[1:], ref_grads[1:]):
@@ -297,7 +359,8 @@ def test_batch_norm_mixed_op_matches_reference(device, momentum):
 
 
 @pytest.mark.parametrize("count", [1, 8, 11])  # CUDA: templated counts and the general kernel
-def test_batch_norm_mixed_op_candidate_counts(device, count):
+def test_batch_norm_mixed_op_candidate_counts(backend, count):
+    device = backend.device
     outputs = [torch.randn(4, 3, 5, 5, device=device, dtype=torch.float64, requires_grad=True) for _ in range(count)]
     weights = torch.rand(count, device=device, dtype=torch.float64, requires_grad=True)
     norms = _wide_copies(_edge_norms(count, 3, device))
@@ -308,7 +371,67 @@ def test_batch_norm_mixed_op_candidate_counts(device, count):
         torch.testing.assert_close(got, expected)
 
 
-def test_batch_norm_mixed_op_eval_mode_uses_running_statistics(device):
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_batch_norm_mixed_op_channels_last_and_strided_outputs(backend, layout):
+    base = [torch.randn(3, 8, 5, 6, device=backend.device, dtype=torch.float64) + k for k in range(3)]
+    outputs = [b.to(memory_format=torch.channels_last) if layout == "channels_last" else b[:, ::2] for b in base]
+    norms = _wide_copies(_edge_norms(3, 4 if layout == "strided" else 8, backend.device))
+    weights = torch.rand(3, device=backend.device, dtype=torch.float64)
+    check_against_reference(lambda w, *o: ops.batch_norm_mixed_op(list(o), w, norms),
+                            lambda w, *o: reference.batch_norm_mixed_op(list(o), w, norms),
+                            [weights.requires_grad_(), *(o.requires_grad_() for o in outputs)], torch.float64)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4)])
+def test_batch_norm_mixed_op_empty_batch_as_batch_norm(backend, shape, momentum):
+    """No values per channel: nn.BatchNorm2d gives an empty output, counts the batch and
+    keeps its running statistics; so does the fused op (it used to reject the batch)."""
+    device = backend.device
+    norms = _edge_norms(2, 3, device, momentum)
+    reference_norms = _wide_copies(norms)
+    outputs = [torch.randn(*shape, device=device, requires_grad=True) for _ in range(2)]
+    weights = torch.tensor([0.4, 0.6], device=device, requires_grad=True)
+    out = ops.batch_norm_mixed_op(outputs, weights, norms)
+    ref_out = reference.batch_norm_mixed_op([o.double() for o in outputs], weights.double(), reference_norms)
+    assert out.shape == ref_out.shape == shape
+    out.sum().backward()
+    assert torch.equal(weights.grad, torch.zeros(2, device=device))
+    for norm, ref in zip(norms, reference_norms):
+        if norm is not None:
+            torch.testing.assert_close(norm.running_mean, ref.running_mean.float(), rtol=0, atol=0)
+            torch.testing.assert_close(norm.running_var, ref.running_var.float(), rtol=0, atol=0)
+            assert int(norm.num_batches_tracked) == int(ref.num_batches_tracked) == 1
+
+
+def test_batch_norm_mixed_op_running_variance_of_nearly_constant_channels(backend):
+    """The running variance is the batch variance the statistics pass computed, not one
+    rebuilt from 1/sqrt(var + eps) (which loses var below eps to rounding, even below 0)."""
+    device = backend.device
+    x = torch.full((4, 3, 5, 5), 5.0, device=device)
+    x[:, 1] += 1e-4 * torch.randn(4, 5, 5, device=device)  # var ~ 1e-8, far below eps
+    x[:, 2] += torch.randn(4, 5, 5, device=device)
+    norm = torch.nn.BatchNorm2d(3, affine=False, momentum=1.0).to(device)  # running = this batch's
+    reference_norm = torch.nn.BatchNorm2d(3, affine=False, momentum=1.0).to(device)
+    ops.batch_norm_mixed_op([x], torch.ones(1, device=device), [norm])
+    reference_norm(x)
+    assert torch.all(norm.running_var >= 0)
+    assert norm.running_var[0] == 0  # a constant channel has no variance at all
+    torch.testing.assert_close(norm.running_var, reference_norm.running_var, rtol=1e-5, atol=1e-14)
+
+
+def test_batch_norm_mixed_op_backward_checks_the_incoming_gradient(backend):
+    lib, device = backend.library, backend.device
+    outputs = [torch.randn(2, 3, 4, 5, device=device) for _ in range(2)]
+    weights = torch.tensor([0.3, 0.7], device=device)
+    _, mean, invstd, _ = lib.batch_norm_mixed_op(outputs, weights, [0, 1], [True, True], 1e-5)
+    with pytest.raises(RuntimeError, match=r"grad has shape \[2, 3, 4\] but the outputs have shape \[2, 3, 4, 5\]"):
+        lib.batch_norm_mixed_op_backward(torch.randn(2, 3, 4, device=device), outputs, weights, [0, 1],
+                                         [True, True], mean, invstd, True)
+
+
+def test_batch_norm_mixed_op_eval_mode_uses_running_statistics(backend):
+    device = backend.device
     outputs = [torch.randn(2, 3, 4, 4, device=device) + 1 for _ in range(3)]
     weights = torch.tensor([0.2, 0.3, 0.5], device=device)
     norms = _edge_norms(3, 3, device)
@@ -345,9 +468,10 @@ def test_batch_norm_mixed_op_saves_no_normalised_output():
 
 # ---- 3x3 pooling pair -----------------------------------------------------------------
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("size", [(5, 7), (8, 8), (1, 2)])
-def test_pool3x3_pair_matches_reference(device, stride, size):
-    for dtype in dtypes_for(device):
+@pytest.mark.parametrize("size", [(5, 7), (8, 8), (1, 2), (13, 11)])
+def test_pool3x3_pair_matches_reference(backend, stride, size):
+    device = backend.device
+    for dtype in backend.dtypes:
         x = torch.randn(2, 3, *size, device=device, dtype=dtype)
         x[0, 0, 0, :2] = 5.0  # a tie: the first maximum in row-major order gets the gradient
         for use in ((True, True), (True, False), (False, True)):
@@ -355,30 +479,67 @@ def test_pool3x3_pair_matches_reference(device, stride, size):
                 max_out, avg_out = fn(a, stride)
                 return sum(out * (k + 1) for k, (out, used) in enumerate(zip((max_out, avg_out), use)) if used)
 
-            _check_against_reference(lambda a: combined(a, ops.pool3x3_pair),
-                                     lambda a: combined(a, reference.pool3x3_pair), [x.requires_grad_()], dtype)
+            check_against_reference(lambda a: combined(a, ops.pool3x3_pair),
+                                    lambda a: combined(a, reference.pool3x3_pair), [x.requires_grad_()], dtype)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_pool3x3_pair_infinities_and_nan_as_pytorch(device, stride):
+def test_pool3x3_pair_infinities_and_nan_as_pytorch(backend, stride):
     """+inf and -inf in one window (their sum is NaN, the max is not), and NaNs: the max, the
     mean and where the max's gradient goes all follow PyTorch's pools (the last NaN of a
     window takes the gradient)."""
-    for dtype in dtypes_for(device):
+    device = backend.device
+    for dtype in backend.dtypes:
         x = torch.randn(2, 3, 7, 6, device=device, dtype=dtype)
         x[0, 0, 1, 1], x[0, 0, 2, 2] = float("inf"), float("-inf")
         x[0, 1, 3, 1] = x[0, 1, 4, 2] = x[0, 1, 4, 3] = float("nan")
         x[1, 2, 0, :] = float("-inf")
         leaf = x.clone().requires_grad_()
         max_out, avg_out = ops.pool3x3_pair(leaf, stride)
-        ref_leaf = x.clone().requires_grad_()
+        # the float64 reference of the same values (CPU pooling has no half kernels)
+        ref_leaf = x.double().clone().requires_grad_()
         ref_max, ref_avg = reference.pool3x3_pair(ref_leaf, stride)
-        torch.testing.assert_close(max_out, ref_max, rtol=0, atol=0, equal_nan=True)
-        torch.testing.assert_close(avg_out, ref_avg, equal_nan=True)
+        torch.testing.assert_close(max_out, ref_max.to(dtype), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(avg_out, ref_avg.to(dtype), equal_nan=True)
         weights = torch.arange(1.0, max_out.numel() + 1, device=device, dtype=dtype).view_as(max_out)
         (grad,) = torch.autograd.grad((max_out * weights).sum(), leaf)
-        (ref_grad,) = torch.autograd.grad((ref_max * weights).sum(), ref_leaf)
-        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+        (ref_grad,) = torch.autograd.grad((ref_max * weights.double()).sum(), ref_leaf)
+        torch.testing.assert_close(grad, ref_grad.to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_pool3x3_pair_channels_last_and_strided_input(backend, layout):
+    base = torch.randn(2, 8, 9, 7, device=backend.device, dtype=torch.float64)
+    x = base.to(memory_format=torch.channels_last) if layout == "channels_last" else base[:, 1::2]
+    check_against_reference(lambda a: sum(ops.pool3x3_pair(a, 2)), lambda a: sum(reference.pool3x3_pair(a, 2)),
+                            [x.requires_grad_()], torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5)])
+def test_pool3x3_pair_empty_batch_and_no_channels(backend, shape):
+    x = torch.randn(*shape, device=backend.device, requires_grad=True)
+    max_out, avg_out = ops.pool3x3_pair(x, 2)
+    assert max_out.shape == avg_out.shape == (*shape[:2], 3, 3)
+    (max_out.sum() + avg_out.sum()).backward()
+    assert x.grad.shape == shape
+
+
+def test_pool3x3_pair_backward_checks_its_arguments(backend):
+    lib, device = backend.library, backend.device
+    x = torch.randn(2, 3, 7, 6, device=device)
+    max_out, avg_out, positions = lib.pool3x3_pair(x, 2)  # outputs (2, 3, 4, 3)
+    lib.pool3x3_pair_backward(max_out, avg_out, positions, [2, 3, 7, 6], 2)
+    with pytest.raises(RuntimeError, match=r"grad_max has shape \[2, 3, 4, 2\] but positions has shape \[2, 3, 4, 3\]"):
+        lib.pool3x3_pair_backward(max_out[..., :2], None, positions, [2, 3, 7, 6], 2)
+    with pytest.raises(RuntimeError, match=r"grad_avg has shape \[2, 3, 4\] but positions has shape \[2, 3, 4, 3\]"):
+        lib.pool3x3_pair_backward(None, avg_out[..., 0], positions, [2, 3, 7, 6], 2)
+    with pytest.raises(RuntimeError, match=r"positions has shape \[2, 3, 4, 3\] but pooling input_size \[2, 3, 7, 6\]"
+                                           r" with stride 1 gives \[2, 3, 7, 6\]"):
+        lib.pool3x3_pair_backward(max_out, avg_out, positions, [2, 3, 7, 6], 1)
+    with pytest.raises(RuntimeError, match=r"stride must be >= 1"):
+        lib.pool3x3_pair_backward(max_out, avg_out, positions, [2, 3, 7, 6], 0)
+    with pytest.raises(RuntimeError, match=r"grad_avg has dtype Double but grad_max has dtype Float"):
+        lib.pool3x3_pair_backward(max_out, avg_out.double(), positions, [2, 3, 7, 6], 2)
 
 
 def test_pool3x3_pair_keeps_a_byte_per_output_for_the_backward():
@@ -390,12 +551,18 @@ def test_pool3x3_pair_keeps_a_byte_per_output_for_the_backward():
 
 
 # ---- gradcheck, opcheck, compile --------------------------------------------------
-def test_gradcheck_all_ops(device):
+def test_gradcheck_shuffle_ops(device):
     kw = dict(device=device, dtype=torch.float64, requires_grad=True)
     x = torch.randn(2, 8, 5, 4, **kw)
     w1 = torch.randn(12, 4, 1, 1, **kw)
     b1 = torch.randn(12, **kw)
     assert torch.autograd.gradcheck(lambda a, b, c: ops.shuffle_gconv1x1(a, b, c, 2, 3), (x, w1, b1))
+    assert torch.autograd.gradcheck(lambda a: ops.channel_shuffle(a, 4), (x,))
+
+
+def test_gradcheck_kernel_ops(backend):
+    kw = dict(device=backend.device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 8, 5, 4, **kw)
     w2 = torch.randn(8, 1, 3, 3, **kw)
     b2 = torch.randn(8, **kw)
     for stride in (1, 2):
@@ -404,17 +571,16 @@ def test_gradcheck_all_ops(device):
         )
     outs = [torch.randn(2, 3, 4, **kw) for _ in range(2)]
     weights = torch.tensor([0.3, 0.7], **kw)
-    zero = torch.zeros(1, device=device, dtype=torch.float64)
+    zero = torch.zeros(1, device=backend.device, dtype=torch.float64)
     # The skipped candidate's weight stays exactly 0 (gradcheck must not perturb it).
     assert torch.autograd.gradcheck(
         lambda w, a, b: ops.mixed_op([a, None, b], torch.cat([w[:1], zero, w[1:]])), (weights, *outs)
     )
-    assert torch.autograd.gradcheck(lambda a: ops.channel_shuffle(a, 4), (x,))
     for stride in (1, 2):
         assert torch.autograd.gradcheck(lambda a: ops.pool3x3_pair(a, stride), (x,))
     bn_outs = [torch.randn(3, 2, 3, 2, **kw) + k for k in range(3)]
     assert torch.autograd.gradcheck(
-        lambda w, *o: torch.ops.fastnas.batch_norm_mixed_op(list(o), w, [0, 1, 2], [True, False, True], 1e-5)[0],
+        lambda w, *o: backend.library.batch_norm_mixed_op(list(o), w, [0, 1, 2], [True, False, True], 1e-5)[0],
         (torch.tensor([0.2, 0.5, 0.3], **kw), *bn_outs),
     )
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../library.h"
 #include "../checks.h"
 #include "../normalization_math.h"
 #include "../ops.h"
@@ -132,7 +133,7 @@ at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
     at::IntArrayRef computed, bool need_output_grads) {
-  check_mixed_op_args(outputs, weights, computed);
+  check_mixed_op_backward_args(grad_in, outputs, weights, computed);
   const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
   const at::Tensor grad = grad_in.contiguous();
   const int64_t numel = grad.numel();
@@ -171,7 +172,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
 // Planes per parallel task: about kChunk elements each.
 int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, kChunk / std::max<int64_t>(plane, 1)); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cpu(at::TensorList outputs,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cpu(at::TensorList outputs,
                                                                        const at::Tensor& weights,
                                                                        at::IntArrayRef computed,
                                                                        const c10::List<bool>& normalize,
@@ -185,13 +186,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cpu(at::Tenso
   auto out = at::empty(first.sizes(), first.options());
   auto mean = at::zeros({num_inputs, channels}, first.options());
   auto invstd = at::ones({num_inputs, channels}, first.options());
-  if (out.numel() == 0) return {out, mean, invstd};
+  auto variance = at::zeros({num_inputs, channels}, first.options());
+  if (out.numel() == 0) return {out, mean, invstd, variance};
   const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "batch_norm_mixed_op_cpu", [&] {
     std::vector<const scalar_t*> src;
     for (const at::Tensor& input : inputs) src.push_back(input.data_ptr<scalar_t>());
     scalar_t* mean_data = mean.data_ptr<scalar_t>();
     scalar_t* invstd_data = invstd.data_ptr<scalar_t>();
+    scalar_t* variance_data = variance.data_ptr<scalar_t>();
     // Slots channel-major, so the tasks of one channel read neighbouring planes.
     at::parallel_for(0, num_inputs * channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
@@ -206,9 +209,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cpu(at::Tenso
           sum += plane_sum;
           sum_sq += plane_sum_sq;
         }
-        double m, inv;
-        finalize_moments<double>(sum, sum_sq, count, shift, eps, &m, &inv);
+        double m, var, inv;
+        finalize_moments<double>(sum, sum_sq, count, shift, eps, &m, &var, &inv);
         mean_data[j * channels + c] = static_cast<scalar_t>(m);
+        variance_data[j * channels + c] = static_cast<scalar_t>(var);
         invstd_data[j * channels + c] = static_cast<scalar_t>(inv);
       }
     });
@@ -224,14 +228,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cpu(at::Tenso
       }
     });
   });
-  return {out, mean, invstd};
+  return {out, mean, invstd, variance};
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     bool need_output_grads) {
-  const int64_t count = check_batch_norm_mixed_op_backward_args(outputs, weights, computed, normalize, mean_in, invstd_in);
+  const int64_t count = check_batch_norm_mixed_op_backward_args(grad_in, outputs, weights, computed, normalize, mean_in, invstd_in);
   const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
   const at::Tensor grad = grad_in.contiguous();
   const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);
@@ -294,7 +298,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
+FASTNAS_TORCH_LIBRARY_IMPL(CPU, m) {
   m.impl("mixed_op", &mixed_op_cpu);
   m.impl("mixed_op_backward", &mixed_op_backward_cpu);
   m.impl("batch_norm_mixed_op", &batch_norm_mixed_op_cpu);

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../library.h"
 #include "../checks.h"
 #include "../index_math.h"
 #include "../ops.h"
@@ -366,7 +367,8 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
 
 at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weight_in,
                           at::IntArrayRef dilations, int64_t stride, at::IntArrayRef input_size) {
-  FASTNAS_CHECK(input_size.size() == 4, "input_size must be (N, C, H, W), got ", input_size);
+  check_multi_dilation_grad_input_args(grad_out_in, weight_in, dilations, stride, input_size);
+  check_cpu_dtype(grad_out_in, "grad_out");
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   auto grad_in = at::empty(input_size, grad_out.options());
@@ -400,6 +402,8 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
 
 at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                            at::IntArrayRef dilations, int64_t stride, int64_t kernel_size) {
+  check_multi_dilation_grad_weight_args(grad_out_in, x_in, dilations, stride, kernel_size);
+  check_cpu_dtype(x_in, "x");
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor x = x_in.contiguous();
   const int64_t batch = x.size(0), channels = x.size(1);
@@ -435,7 +439,7 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
+FASTNAS_TORCH_LIBRARY_IMPL(CPU, m) {
   m.impl("multi_dilation_dwconv2d", &forward_cpu);
   m.impl("multi_dilation_dwconv2d_grad_input", &grad_input_cpu);
   m.impl("multi_dilation_dwconv2d_grad_weight", &grad_weight_cpu);

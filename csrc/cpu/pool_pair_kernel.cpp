@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../library.h"
 #include "../checks.h"
 #include "../pool_math.h"
 #include "../ops.h"
@@ -97,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_cpu(const at::Tensor
 at::Tensor pool3x3_pair_backward_cpu(const std::optional<at::Tensor>& grad_max_in,
                                      const std::optional<at::Tensor>& grad_avg_in, const at::Tensor& positions_in,
                                      at::IntArrayRef input_size, int64_t stride) {
-  const PoolPairBackwardArgs args = check_pool_pair_backward_args(grad_max_in, grad_avg_in, positions_in, input_size);
+  const PoolPairBackwardArgs args = check_pool_pair_backward_args(grad_max_in, grad_avg_in, positions_in, input_size, stride);
   const at::Tensor& reference = args.any_grad();
   check_cpu_dtype(reference, "grad");
   const at::Tensor& positions = args.positions;
@@ -137,7 +138,7 @@ at::Tensor pool3x3_pair_backward_cpu(const std::optional<at::Tensor>& grad_max_i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
+FASTNAS_TORCH_LIBRARY_IMPL(CPU, m) {
   m.impl("pool3x3_pair", &pool3x3_pair_cpu);
   m.impl("pool3x3_pair_backward", &pool3x3_pair_backward_cpu);
 }

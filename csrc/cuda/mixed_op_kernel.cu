@@ -7,8 +7,6 @@
 // The weights stay on the device: nothing here synchronises with the host.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <type_traits>
@@ -18,6 +16,7 @@
 #include "../normalization_math.h"
 #include "../ops.h"
 #include "grid_stride.cuh"
+#include "runtime.cuh"
 
 namespace fastnas {
 namespace {
@@ -66,7 +65,7 @@ __device__ __forceinline__ int candidate_count(int runtime_count) {
 }
 
 template <typename scalar_t, typename index_t, int kCount>
-__global__ void forward_kernel(PointerTable<const scalar_t> inputs, int num_inputs,
+__global__ void mixed_forward_kernel(PointerTable<const scalar_t> inputs, int num_inputs,
                                const at::opmath_type<scalar_t>* __restrict__ weights,
                                scalar_t* __restrict__ out, index_t numel) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -85,7 +84,7 @@ __global__ void forward_kernel(PointerTable<const scalar_t> inputs, int num_inpu
 
 // Block b writes partial[b][j] = its share of sum_i grad[i] * inputs[j][i].
 template <typename scalar_t, typename index_t, int kCount>
-__global__ void backward_kernel(const scalar_t* __restrict__ grad,
+__global__ void mixed_backward_kernel(const scalar_t* __restrict__ grad,
                                 PointerTable<const scalar_t> inputs, int num_inputs,
                                 const at::opmath_type<scalar_t>* __restrict__ weights,
                                 PointerTable<scalar_t> input_grads, bool need_input_grads,
@@ -151,13 +150,13 @@ at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
                          at::IntArrayRef computed) {
   check_mixed_op_args(outputs, weights, computed);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
-  const c10::cuda::CUDAGuard guard(inputs.front().device());
+  const device::Guard guard(inputs.front().device());
   auto out = at::empty(inputs.front().sizes(), inputs.front().options());
   const int64_t numel = out.numel();
   if (numel == 0) return out;
   const at::Tensor w = computed_weights(weights, computed, at::toOpMathType(out.scalar_type()));
   const int num_inputs = static_cast<int>(inputs.size());
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "mixed_op_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = input_table<scalar_t>(inputs);
@@ -166,14 +165,14 @@ at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
     with_candidate_count(num_inputs, small_index, [&](auto count) {
       constexpr int kCount = decltype(count)::value;
       if (small_index) {
-        forward_kernel<scalar_t, int32_t, kCount><<<blocks, kThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_forward_kernel<scalar_t, int32_t, kCount>)(
             table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(numel));
       } else {
-        forward_kernel<scalar_t, int64_t, 0><<<blocks, kThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_forward_kernel<scalar_t, int64_t, 0>)(
             table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), numel);
       }
     });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    FASTNAS_LAUNCH_CHECK();
   });
   return out;
 }
@@ -181,9 +180,9 @@ at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
     at::IntArrayRef computed, bool need_output_grads) {
-  check_mixed_op_args(outputs, weights, computed);
+  check_mixed_op_backward_args(grad_in, outputs, weights, computed);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
-  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const device::Guard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const int64_t numel = grad.numel();
   const int num_inputs = static_cast<int>(inputs.size());
@@ -196,7 +195,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
   auto partial = at::zeros({blocks, num_inputs}, grad.options().dtype(acc_type));
   if (numel > 0) {
     const at::Tensor w = computed_weights(weights, computed, acc_type);
-    auto stream = at::cuda::getCurrentCUDAStream();
+    const auto stream = device::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "mixed_op_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -209,16 +208,16 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
       with_candidate_count(num_inputs, small_index, [&](auto count) {
         constexpr int kCount = decltype(count)::value;
         if (small_index) {
-          backward_kernel<scalar_t, int32_t, kCount><<<blocks, kThreads, 0, stream>>>(
+          FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_backward_kernel<scalar_t, int32_t, kCount>)(
               grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
               need_output_grads, partial.data_ptr<acc_t>(), static_cast<int32_t>(numel));
         } else {
-          backward_kernel<scalar_t, int64_t, 0><<<blocks, kThreads, 0, stream>>>(
+          FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_backward_kernel<scalar_t, int64_t, 0>)(
               grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
               need_output_grads, partial.data_ptr<acc_t>(), numel);
         }
       });
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      FASTNAS_LAUNCH_CHECK();
     });
   }
   return {output_grads, scatter_weight_grads(weights, computed, partial.sum(0))};
@@ -283,7 +282,7 @@ template <typename scalar_t, int kCount>
 __global__ void __launch_bounds__(kReduceThreads) batch_norm_stats_kernel(
     PointerTable<const scalar_t> inputs, uint32_t normalized_mask, int64_t batch, int64_t channels,
     int64_t plane, double eps, at::opmath_type<scalar_t>* __restrict__ mean,
-    at::opmath_type<scalar_t>* __restrict__ invstd) {
+    at::opmath_type<scalar_t>* __restrict__ variance, at::opmath_type<scalar_t>* __restrict__ invstd) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c = blockIdx.x;
   const int j = blockIdx.y;
@@ -291,6 +290,7 @@ __global__ void __launch_bounds__(kReduceThreads) batch_norm_stats_kernel(
   if (!((normalized_mask >> j) & 1u)) {
     if (threadIdx.x == 0) {
       mean[slot] = 0;
+      variance[slot] = 0;
       invstd[slot] = 1;
     }
     return;
@@ -308,7 +308,9 @@ __global__ void __launch_bounds__(kReduceThreads) batch_norm_stats_kernel(
     }
   }
   block_sum_pair(&sum, &sum_sq);
-  if (threadIdx.x == 0) finalize_moments(sum, sum_sq, batch * plane, shift, eps, &mean[slot], &invstd[slot]);
+  if (threadIdx.x == 0) {
+    finalize_moments(sum, sum_sq, batch * plane, shift, eps, &mean[slot], &variance[slot], &invstd[slot]);
+  }
 }
 
 // Block (c, j): sum(g) and sum(g * x_j) over channel c, x_j the normalised candidate j
@@ -419,12 +421,12 @@ int plane_threads(int64_t plane) {
   return static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (plane + 31) / 32 * 32)));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cuda(
     at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, double eps) {
   check_batch_norm_mixed_op_args(outputs, weights, computed, normalize, eps);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
-  const c10::cuda::CUDAGuard guard(inputs.front().device());
+  const device::Guard guard(inputs.front().device());
   const at::Tensor& first = inputs.front();
   const int64_t batch = first.size(0), channels = first.size(1), plane = first.size(2) * first.size(3);
   const int num_inputs = static_cast<int>(inputs.size());
@@ -433,27 +435,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_cuda(
   // The statistics kernel writes every slot (0 and 1 where not normalised).
   auto mean = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
   auto invstd = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
-  if (out.numel() == 0) return {out, mean.zero_(), invstd.fill_(1)};
+  auto variance = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
+  if (out.numel() == 0) return {out, mean.zero_(), invstd.fill_(1), variance.zero_()};
   const at::Tensor w = computed_weights(weights, computed, acc_type);
   const uint32_t mask = normalized_bits(normalize);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "batch_norm_mixed_op_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = input_table<scalar_t>(inputs);
     with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
       constexpr int kCount = decltype(count)::value;
-      batch_norm_stats_kernel<scalar_t, kCount>
-          <<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream>>>(
-              table, mask, batch, channels, plane, eps, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream, batch_norm_stats_kernel<scalar_t, kCount>)(
+              table, mask, batch, channels, plane, eps, mean.data_ptr<acc_t>(), variance.data_ptr<acc_t>(),
+              invstd.data_ptr<acc_t>());
+      FASTNAS_LAUNCH_CHECK();
       const int threads = plane_threads(plane);
-      batch_norm_mixed_forward_kernel<scalar_t, kCount><<<plane_grid(batch * channels, plane, threads), threads, 0, stream>>>(
+      FASTNAS_LAUNCH(plane_grid(batch * channels, plane, threads), threads, 0, stream, batch_norm_mixed_forward_kernel<scalar_t, kCount>)(
           table, num_inputs, w.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(),
           out.data_ptr<scalar_t>(), batch * channels, channels, plane);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      FASTNAS_LAUNCH_CHECK();
     });
   });
-  return {out, mean, invstd};
+  return {out, mean, invstd, variance};
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cuda(
@@ -461,9 +464,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
     const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     bool need_output_grads) {
   const int64_t count_per_channel =
-      check_batch_norm_mixed_op_backward_args(outputs, weights, computed, normalize, mean_in, invstd_in);
+      check_batch_norm_mixed_op_backward_args(grad_in, outputs, weights, computed, normalize, mean_in, invstd_in);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
-  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const device::Guard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);
   const int num_inputs = static_cast<int>(inputs.size());
@@ -481,7 +484,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
   } else {
     const at::Tensor w = computed_weights(weights, computed, acc_type);
     const uint32_t mask = normalized_bits(normalize);
-    auto stream = at::cuda::getCurrentCUDAStream();
+    const auto stream = device::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "batch_norm_mixed_op_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto table = input_table<scalar_t>(inputs);
@@ -489,18 +492,17 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
       for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
       with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
         constexpr int kCount = decltype(count)::value;
-        batch_norm_grad_sums_kernel<scalar_t, kCount>
-            <<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream, batch_norm_grad_sums_kernel<scalar_t, kCount>)(
                 grad.data_ptr<scalar_t>(), table, batch, channels, plane, mean.data_ptr<acc_t>(),
                 invstd.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        FASTNAS_LAUNCH_CHECK();
         if (need_output_grads) {
           const int threads = plane_threads(plane);
-          batch_norm_mixed_backward_kernel<scalar_t, kCount><<<plane_grid(batch * channels, plane, threads), threads, 0, stream>>>(
+          FASTNAS_LAUNCH(plane_grid(batch * channels, plane, threads), threads, 0, stream, batch_norm_mixed_backward_kernel<scalar_t, kCount>)(
               grad.data_ptr<scalar_t>(), table, num_inputs, mask, w.data_ptr<acc_t>(), mean.data_ptr<acc_t>(),
               invstd.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>(), grads, batch * channels,
               channels, plane, count_per_channel);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          FASTNAS_LAUNCH_CHECK();
         }
       });
     });
@@ -511,11 +513,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, CUDA, m) {
-  m.impl("mixed_op", &mixed_op_cuda);
-  m.impl("mixed_op_backward", &mixed_op_backward_cuda);
-  m.impl("batch_norm_mixed_op", &batch_norm_mixed_op_cuda);
-  m.impl("batch_norm_mixed_op_backward", &batch_norm_mixed_op_backward_cuda);
+FASTNAS_CUDA_KERNELS(m) {
+  FASTNAS_CUDA_IMPL(m, "mixed_op", mixed_op_cuda);
+  FASTNAS_CUDA_IMPL(m, "mixed_op_backward", mixed_op_backward_cuda);
+  FASTNAS_CUDA_IMPL(m, "batch_norm_mixed_op", batch_norm_mixed_op_cuda);
+  FASTNAS_CUDA_IMPL(m, "batch_norm_mixed_op_backward", batch_norm_mixed_op_backward_cuda);
 }
 
 }  // namespace fastnas

@@ -4,14 +4,13 @@
 // loops unroll. Weight gradient: a two-stage deterministic reduction.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../checks.h"
 #include "../index_math.h"
 #include "../ops.h"
 #include "grid_stride.cuh"
+#include "runtime.cuh"
 
 namespace fastnas {
 namespace {
@@ -48,7 +47,7 @@ DilationTable make_dilation_table(at::IntArrayRef dilations) {
 int64_t grid_for(int64_t work) { return grid_stride_blocks(work, kThreads, /*blocks_per_sm=*/32); }
 
 template <typename scalar_t, typename index_t, int K>
-__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+__global__ void depthwise_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
                                const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
                                Dims d, DilationTable table, index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -81,7 +80,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
 
 // Gather form: each input element sums the output taps that read it (no atomics).
 template <typename scalar_t, typename index_t, int K>
-__global__ void grad_input_kernel(const scalar_t* __restrict__ grad_out,
+__global__ void depthwise_grad_input_kernel(const scalar_t* __restrict__ grad_out,
                                   const scalar_t* __restrict__ w, scalar_t* __restrict__ grad_in,
                                   Dims d, DilationTable table, index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -117,7 +116,7 @@ __global__ void grad_input_kernel(const scalar_t* __restrict__ grad_out,
 // channel c for all K*K taps and writes partial[split][c][tap] (in the accumulation
 // type); summing the splits afterwards keeps the result deterministic.
 template <typename scalar_t, int K>
-__global__ void grad_weight_kernel(const scalar_t* __restrict__ grad_out,
+__global__ void depthwise_grad_weight_kernel(const scalar_t* __restrict__ grad_out,
                                    const scalar_t* __restrict__ x,
                                    at::opmath_type<scalar_t>* __restrict__ partial,
                                    Dims d, DilationTable table, int64_t batch) {
@@ -200,7 +199,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
     FASTNAS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == x_in.size(1),
                   "bias must be shaped (C,) = (", x_in.size(1), ",), got ", bias_in->sizes());
   }
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const device::Guard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
@@ -212,21 +211,21 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
   const DilationTable table = make_dilation_table(dilations);
   const int64_t blocks = grid_for(total);
   const bool wide = !int32_grid_stride_fits(std::max(x.numel(), total), blocks, kThreads);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "multi_dilation_dwconv2d_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
       const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
       if (wide) {
-        forward_kernel<scalar_t, int64_t, K><<<blocks, kThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_forward_kernel<scalar_t, int64_t, K>)(
             x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
             dims, table, total);
       } else {
-        forward_kernel<scalar_t, int32_t, K><<<blocks, kThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_forward_kernel<scalar_t, int32_t, K>)(
             x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
             dims, table, static_cast<int32_t>(total));
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      FASTNAS_LAUNCH_CHECK();
     });
   });
   return out;
@@ -235,8 +234,8 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
 at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weight_in,
                            at::IntArrayRef dilations, int64_t stride,
                            at::IntArrayRef input_size) {
-  FASTNAS_CHECK(input_size.size() == 4, "input_size must be (N, C, H, W), got ", input_size);
-  const c10::cuda::CUDAGuard guard(grad_out_in.device());
+  check_multi_dilation_grad_input_args(grad_out_in, weight_in, dilations, stride, input_size);
+  const device::Guard guard(grad_out_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   auto grad_in = at::empty(input_size, grad_out.options());
@@ -247,20 +246,20 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
   const DilationTable table = make_dilation_table(dilations);
   const int64_t blocks = grid_for(total);
   const bool wide = !int32_grid_stride_fits(std::max(grad_out.numel(), total), blocks, kThreads);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
                                   "multi_dilation_dwconv2d_grad_input_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
       if (wide) {
-        grad_input_kernel<scalar_t, int64_t, K><<<blocks, kThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int64_t, K>)(
             grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
             grad_in.data_ptr<scalar_t>(), dims, table, total);
       } else {
-        grad_input_kernel<scalar_t, int32_t, K><<<blocks, kThreads, 0, stream>>>(
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int32_t, K>)(
             grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
             grad_in.data_ptr<scalar_t>(), dims, table, static_cast<int32_t>(total));
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      FASTNAS_LAUNCH_CHECK();
     });
   });
   return grad_in;
@@ -268,16 +267,17 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
 
 at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                             at::IntArrayRef dilations, int64_t stride, int64_t kernel_size) {
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  check_multi_dilation_grad_weight_args(grad_out_in, x_in, dilations, stride, kernel_size);
+  const device::Guard guard(x_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor x = x_in.contiguous();
   const int64_t batch = x.size(0), channels = x.size(1);
   const int64_t positions = batch * grad_out.size(2) * grad_out.size(3);
-  if (positions == 0) {
+  if (positions == 0 || channels == 0) {
     return at::zeros({channels, 1, kernel_size, kernel_size}, x.options());
   }
   // Enough splits to fill the device, each with at least a few positions per thread.
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = device::multiprocessor_count();
   const int64_t splits = std::max<int64_t>(
       1, std::min<int64_t>((4 * sms + channels - 1) / channels, positions / (4 * kThreads)));
   auto partial = at::empty({splits, channels, kernel_size * kernel_size},
@@ -285,16 +285,16 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
   const Dims dims = make_dims(channels, x.size(2), x.size(3), grad_out.size(2), grad_out.size(3),
                               dilations.size(), stride);
   const DilationTable table = make_dilation_table(dilations);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "multi_dilation_dwconv2d_grad_weight_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(kernel_size, [&] {
       const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(splits));
-      grad_weight_kernel<scalar_t, K><<<grid, kThreads, 0, stream>>>(
+      FASTNAS_LAUNCH(grid, kThreads, 0, stream, depthwise_grad_weight_kernel<scalar_t, K>)(
           grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
           partial.data_ptr<at::opmath_type<scalar_t>>(), dims,
           table, batch);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      FASTNAS_LAUNCH_CHECK();
     });
   });
   return partial.sum(0).to(x.scalar_type()).view({channels, 1, kernel_size, kernel_size});
@@ -302,10 +302,10 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, CUDA, m) {
-  m.impl("multi_dilation_dwconv2d", &forward_cuda);
-  m.impl("multi_dilation_dwconv2d_grad_input", &grad_input_cuda);
-  m.impl("multi_dilation_dwconv2d_grad_weight", &grad_weight_cuda);
+FASTNAS_CUDA_KERNELS(m) {
+  FASTNAS_CUDA_IMPL(m, "multi_dilation_dwconv2d", forward_cuda);
+  FASTNAS_CUDA_IMPL(m, "multi_dilation_dwconv2d_grad_input", grad_input_cuda);
+  FASTNAS_CUDA_IMPL(m, "multi_dilation_dwconv2d_grad_weight", grad_weight_cuda);
 }
 
 }  // namespace fastnas

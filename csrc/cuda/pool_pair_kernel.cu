@@ -3,8 +3,6 @@
 // windows covering it, so nothing is written twice and no atomics are needed.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -13,6 +11,7 @@
 #include "../pool_math.h"
 #include "../ops.h"
 #include "grid_stride.cuh"
+#include "runtime.cuh"
 
 namespace fastnas {
 namespace {
@@ -58,19 +57,19 @@ __global__ void pool_pair_backward_kernel(const scalar_t* __restrict__ grad_max,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_cuda(const at::Tensor& x_in, int64_t stride) {
   const auto [out_h, out_w] = check_pool_pair_args(x_in, stride);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const device::Guard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   auto max_out = at::empty({x.size(0), x.size(1), out_h, out_w}, x.options());
   auto avg_out = at::empty_like(max_out);
   auto positions = at::empty(max_out.sizes(), x.options().dtype(at::kByte));
   const int64_t total = max_out.numel();
   if (total == 0) return {max_out, avg_out, positions};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool3x3_pair_cuda", [&] {
-    pool_pair_forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+    FASTNAS_LAUNCH(blocks_for(total), kThreads, 0, stream, pool_pair_forward_kernel<scalar_t>)(
         x.data_ptr<scalar_t>(), max_out.data_ptr<scalar_t>(), avg_out.data_ptr<scalar_t>(),
         positions.data_ptr<uint8_t>(), total, x.size(2), x.size(3), out_h, out_w, stride);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    FASTNAS_LAUNCH_CHECK();
   });
   return {max_out, avg_out, positions};
 }
@@ -78,30 +77,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pool3x3_pair_cuda(const at::Tenso
 at::Tensor pool3x3_pair_backward_cuda(const std::optional<at::Tensor>& grad_max_in,
                                       const std::optional<at::Tensor>& grad_avg_in, const at::Tensor& positions_in,
                                       at::IntArrayRef input_size, int64_t stride) {
-  const PoolPairBackwardArgs args = check_pool_pair_backward_args(grad_max_in, grad_avg_in, positions_in, input_size);
+  const PoolPairBackwardArgs args = check_pool_pair_backward_args(grad_max_in, grad_avg_in, positions_in, input_size, stride);
   const at::Tensor& reference = args.any_grad();
-  const c10::cuda::CUDAGuard guard(reference.device());
+  const device::Guard guard(reference.device());
   const at::Tensor& positions = args.positions;
   auto grad_x = at::empty(input_size, reference.options());
   const int64_t total = grad_x.numel();
   if (total == 0) return grad_x;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, reference.scalar_type(), "pool3x3_pair_backward_cuda", [&] {
-    pool_pair_backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+    FASTNAS_LAUNCH(blocks_for(total), kThreads, 0, stream, pool_pair_backward_kernel<scalar_t>)(
         args.grad_max.defined() ? args.grad_max.data_ptr<scalar_t>() : nullptr,
         args.grad_avg.defined() ? args.grad_avg.data_ptr<scalar_t>() : nullptr,
         positions.data_ptr<uint8_t>(), grad_x.data_ptr<scalar_t>(), total, input_size[2], input_size[3],
         positions.size(2), positions.size(3), stride);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    FASTNAS_LAUNCH_CHECK();
   });
   return grad_x;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastnas, CUDA, m) {
-  m.impl("pool3x3_pair", &pool3x3_pair_cuda);
-  m.impl("pool3x3_pair_backward", &pool3x3_pair_backward_cuda);
+FASTNAS_CUDA_KERNELS(m) {
+  FASTNAS_CUDA_IMPL(m, "pool3x3_pair", pool3x3_pair_cuda);
+  FASTNAS_CUDA_IMPL(m, "pool3x3_pair_backward", pool3x3_pair_backward_cuda);
 }
 
 }  // namespace fastnas

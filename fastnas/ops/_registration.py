@@ -68,7 +68,8 @@ def _statistics_dtype(dtype):
 def _batch_norm_mixed_op_fake(outputs, weights, indices, normalize, eps):
     first = outputs[0]
     statistics = first.new_empty((len(outputs), first.shape[1]), dtype=_statistics_dtype(first.dtype))
-    return torch.empty_like(first, memory_format=torch.contiguous_format), statistics, torch.empty_like(statistics)
+    out = torch.empty_like(first, memory_format=torch.contiguous_format)
+    return out, statistics, torch.empty_like(statistics), torch.empty_like(statistics)
 
 
 @torch.library.register_fake("fastnas::batch_norm_mixed_op_backward")

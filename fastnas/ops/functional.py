@@ -57,7 +57,19 @@ def mixed_op(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> t
             "pass a 1-D weights tensor with exactly one weight per candidate output"
         )
     indices = [k for k, out in enumerate(outputs) if out is not None]
+    if not indices:
+        return _empty_sum(weights)
     return _ops.mixed_op.default([outputs[k] for k in indices], weights, indices)
+
+
+def _empty_sum(weights: torch.Tensor) -> None:
+    """The mixed sum when no candidate was computed: None, as the reference's empty sum."""
+    if bool(weights.detach().ne(0).any()):
+        raise ValueError(
+            f"every output is None but weights = {weights.detach().tolist()}; only candidates with "
+            "weight exactly 0 may be skipped, compute the others or zero their weights"
+        )
+    return None
 
 
 def batch_norm_mixed_op(
@@ -84,30 +96,34 @@ def batch_norm_mixed_op(
                 "(an affine BN can follow the mixed op instead)"
             )
     active = [k for k, out in enumerate(outputs) if out is not None]
+    if not active:
+        return _empty_sum(weights)
     used = [norms[k] for k in active if norms[k] is not None]
     batch_statistics = [norm.training or not norm.track_running_stats for norm in used]
     if not all(batch_statistics) or len({norm.eps for norm in used}) > 1:
         return mixed_op([out if out is None or norm is None else norm(out) for out, norm in zip(outputs, norms)], weights)
     eps = used[0].eps if used else 1e-5
-    out, mean, invstd = _ops.batch_norm_mixed_op.default(
+    out, mean, _, variance = _ops.batch_norm_mixed_op.default(
         [outputs[k] for k in active], weights, active, [norms[k] is not None for k in active], eps
     )
-    _update_running_statistics([norms[k] for k in active], mean, invstd, eps, outputs[active[0]])
+    _update_running_statistics([norms[k] for k in active], mean, variance, outputs[active[0]])
     return out
 
 
 @torch.no_grad()
-def _update_running_statistics(norms, mean, invstd, eps, example):
+def _update_running_statistics(norms, mean, variance, example):
     """What nn.BatchNorm2d does to its buffers in a training step: count the batch, and
-    blend the batch mean and unbiased variance into the running ones."""
+    blend the batch mean and unbiased variance into the running ones (an empty batch is
+    counted but leaves them as they are)."""
     tracked = [j for j, norm in enumerate(norms) if norm is not None and norm.training and norm.track_running_stats]
     if not tracked:
         return
-    count = example.shape[0] * example.shape[2] * example.shape[3]
-    variance = (invstd.pow(-2) - eps) * (count / (count - 1))
-    means, variances = mean.unbind(0), variance.unbind(0)
     tracked_norms = [norms[j] for j in tracked]
     torch._foreach_add_([norm.num_batches_tracked for norm in tracked_norms], 1)
+    count = example.shape[0] * example.shape[2] * example.shape[3]
+    if count == 0:
+        return
+    means, variances = mean.unbind(0), (variance * (count / (count - 1))).unbind(0)
     for momentum in dict.fromkeys(norm.momentum for norm in tracked_norms):
         group = [j for j in tracked if norms[j].momentum == momentum]
         if momentum is None:  # cumulative moving average, per norm
