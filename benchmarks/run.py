@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # full rounds, writes benchmarks/results/<device>-<date>-<commit>.json
     python benchmarks/run.py --quick    # few rounds (CI), same table
+    python benchmarks/run.py --time-limit 480   # stops measuring after 480 s, reports what it has
 
 Speedup = baseline time / fastnas time (above 1: fastnas is faster), median of rounds.
 "act" is the end-to-end steps' activation memory ratio (bytes autograd saves for the
@@ -124,23 +125,34 @@ def main(argv=None) -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default=str(HERE / "results"), help="directory for the JSON results")
     parser.add_argument("-k", help="only the cases matching this pytest expression")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="stop measuring after this long and report the cases measured by then")
     args = parser.parse_args(argv)
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    env = dict(os.environ, FASTNAS_BENCH_DEVICE=device, FASTNAS_BENCH_QUICK="1" if args.quick else "0")
     with tempfile.TemporaryDirectory() as tmp:
-        raw_path = Path(tmp) / "raw.json"
+        partial_path = Path(tmp) / "partial.json"
+        env = dict(os.environ, FASTNAS_BENCH_DEVICE=device, FASTNAS_BENCH_QUICK="1" if args.quick else "0",
+                   FASTNAS_BENCH_PARTIAL=str(partial_path))
         command = [sys.executable, "-m", "pytest", str(HERE / "bench_fastnas.py"), "-q", "-p", "no:cacheprovider",
-                   f"--benchmark-json={raw_path}", "--benchmark-disable-gc", "--benchmark-columns=median"]
+                   "--benchmark-disable-gc", "--benchmark-columns=median"]
         if args.k:
             command += ["-k", args.k]
-        completed = subprocess.run(command, env=env)
-        if completed.returncode != 0:
-            print(f"benchmarks failed (pytest exit code {completed.returncode})", file=sys.stderr)
-            return completed.returncode
-        raw = json.loads(raw_path.read_text())
+        try:
+            returncode = subprocess.run(command, env=env, timeout=args.time_limit).returncode
+        except subprocess.TimeoutExpired:
+            returncode = None
+        raw = json.loads(partial_path.read_text()) if partial_path.exists() else {"benchmarks": []}
+    complete = returncode == 0
+    if returncode is None:
+        print(f"time limit of {args.time_limit:.0f} s reached after {len(raw['benchmarks'])} measurements; "
+              "reporting those", file=sys.stderr)
+    elif returncode != 0:
+        print(f"benchmarks failed (pytest exit code {returncode}); reporting the cases measured", file=sys.stderr)
+    if not raw["benchmarks"]:
+        return returncode or 1
     on_cuda = device.startswith("cuda")
     bandwidth = measured_bandwidth() if on_cuda else None
     rows, text = table(raw["benchmarks"], on_cuda, bandwidth)
@@ -153,15 +165,16 @@ def main(argv=None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc)
     result = {
         "device": device, "device_name": device_name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "date": date.isoformat(timespec="seconds"), "commit": _commit(), "quick": args.quick,
+        "date": date.isoformat(timespec="seconds"), "commit": _commit(), "quick": args.quick, "complete": complete,
         "bandwidth_bytes_per_s": bandwidth, "rows": rows, "pytest_benchmark": raw["benchmarks"],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{'cuda' if on_cuda else 'cpu'}-{date:%Y%m%d-%H%M}-{result['commit']}{'-quick' if args.quick else ''}.json"
+    suffix = ("-quick" if args.quick else "") + ("" if complete else "-partial")
+    path = out / f"{'cuda' if on_cuda else 'cpu'}-{date:%Y%m%d-%H%M}-{result['commit']}{suffix}.json"
     path.write_text(json.dumps(result, indent=1))
-    print(f"results written to {path}")
-    return 0
+    print(f"results written to {path}" + ("" if complete else " (incomplete)"))
+    return 0 if complete or returncode is None else returncode
 
 
 if __name__ == "__main__":

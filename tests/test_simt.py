@@ -97,7 +97,8 @@ def test_launch_limits_as_cuda(lib):
            ((0, 1, 32, 0), r"empty grid"),
            ((1, 1, 0, 0), r"empty block"),
            ((1, 1, 32, 48 * 1024 + 1), r"49153 bytes of dynamic shared memory exceed the 48 KiB"),
-           ((2**32, 1, 32, 0), r"grid size 4294967296 does not fit the 32-bit dim3")]
+           ((2**32, 1, 32, 0), r"grid size 4294967296 does not fit the 32-bit dim3"),
+           ((2**31 - 1, 1, 1024, 0), r"more than the emulator runs")]  # valid CUDA, too large to emulate
     for args, message in bad:
         with pytest.raises(RuntimeError, match=message):
             lib.selftest_launch(*args)

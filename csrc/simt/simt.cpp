@@ -155,6 +155,8 @@ namespace {
 constexpr size_t kStackBytes = 64 * 1024;
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr size_t kMaxDynamicSharedBytes = 48 * 1024;
+// About a minute of emulation: a larger launch is a test that forgot to stay small.
+constexpr uint64_t kMaxEmulatedThreads = uint64_t{1} << 26;
 
 enum class State { ready, running, at_block_barrier, at_warp_barrier, done };
 
@@ -317,6 +319,12 @@ void check_launch(const char* kernel, const LaunchConfig& config) {
   }
   if (g.x > static_cast<unsigned>(std::numeric_limits<int32_t>::max()) || g.y > 65535 || g.z > 65535) {
     fail(std::string(kernel) + ": grid " + text(g) + " exceeds CUDA's limits (x < 2^31, y and z <= 65535)");
+  }
+  const uint64_t grid_threads = static_cast<uint64_t>(g.x) * g.y * g.z * threads;
+  if (grid_threads > kMaxEmulatedThreads) {
+    fail(std::string(kernel) + ": grid " + text(g) + " x block " + text(b) + " = " + std::to_string(grid_threads) +
+         " threads, more than the emulator runs (" + std::to_string(kMaxEmulatedThreads) +
+         "); test with smaller sizes (the launch itself is valid CUDA)");
   }
   if (config.dynamic_shared_bytes > kMaxDynamicSharedBytes) {
     fail(std::string(kernel) + ": " + std::to_string(config.dynamic_shared_bytes) +
