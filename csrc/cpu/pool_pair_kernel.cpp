@@ -61,7 +61,7 @@ void pool_pair_row(const scalar_t* plane, int64_t width, int64_t h0, int64_t h1,
     }
     max_row[ow] = best_value;
     avg_row[ow] = sum / static_cast<scalar_t>((h1 - h0) * (w1 - w0));
-    position_row[ow] = static_cast<uint8_t>(pool_window_position(best_row, best_column, oh, ow, stride));
+    position_row[ow] = static_cast<uint8_t>(pool_window_position(int64_t{best_row}, best_column, oh, ow, stride));
   }
 }
 
