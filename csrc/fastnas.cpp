@@ -129,9 +129,10 @@ void check_mixed_op_args(at::TensorList outputs, const at::Tensor& weights,
                   " but outputs[", indices[0], "] is ", first.scalar_type(), " on ",
                   first.device(), "; every candidate must share dtype and device");
   }
-  if (static_cast<int64_t>(indices.size()) != num_weights) {
-    // A skipped candidate is only exact when its weight is zero. Reading the
-    // weights costs a device sync, so it happens only when something was skipped.
+  if (static_cast<int64_t>(indices.size()) != num_weights && weights.device().is_cpu()) {
+    // A skipped candidate is only exact when its weight is zero. On a GPU that read would
+    // make the host wait for the device on every call: there the caller vouches for it
+    // (MixedOp skips exactly the candidates it read as zero).
     const at::Tensor host_weights = weights.detach().to(at::kCPU, at::kDouble).contiguous();
     const double* w = host_weights.data_ptr<double>();
     size_t next = 0;
@@ -300,7 +301,8 @@ FASTNAS_TORCH_LIBRARY(m) {
       "multi_dilation_dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[] dilations,"
       " int stride, int kernel_size) -> Tensor");
 
-  // outputs[j] is candidate indices[j]; candidates left out were never computed.
+  // outputs[j] is candidate indices[j]; candidates left out were never computed, and their
+  // weights must be 0 (checked on the CPU; on CUDA the check would make the host wait).
   m.def("mixed_op(Tensor[] outputs, Tensor weights, int[] indices) -> Tensor");
   m.def(
       "mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"

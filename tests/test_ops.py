@@ -221,6 +221,25 @@ def test_mixed_op_channels_last_and_strided_outputs(backend, layout):
                             [weights.requires_grad_(), *(o.requires_grad_() for o in outputs)], torch.float64)
 
 
+def test_mixed_op_outputs_at_unaligned_addresses(backend):
+    """Views that start one element into their storage: the CUDA kernels load 16 bytes at a
+    time and must take such inputs (they copy them) as well as aligned ones."""
+    for dtype in backend.dtypes:
+        storage = torch.randn(3, 2 * 5 * 7 + 2, device=backend.device, dtype=dtype, requires_grad=True)
+        outputs = [row[1:-1].view(2, 5, 7) for row in storage]  # odd element offsets; views, used in place
+        assert all(o.data_ptr() % 16 for o in outputs)
+        weights = torch.rand(3, device=backend.device, requires_grad=True)
+        grad = torch.randn(2, 5, 7, device=backend.device, dtype=torch.float64).to(dtype)
+        out = ops.mixed_op(outputs, weights)
+        grads = torch.autograd.grad(out, [weights, *outputs], grad)
+        wide = [t.detach().double().requires_grad_() for t in [weights, *outputs]]
+        ref_out = reference.mixed_op(wide[1:], wide[0])
+        ref_grads = torch.autograd.grad(ref_out, wide, grad.double())
+        assert_matches(out, ref_out.to(dtype))
+        for got, expected in zip(grads, ref_grads):
+            assert_matches(got, expected.to(got.dtype))
+
+
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4)])
 def test_mixed_op_empty_outputs(backend, shape):
     outputs = [torch.randn(*shape, device=backend.device, requires_grad=True) for _ in range(2)]

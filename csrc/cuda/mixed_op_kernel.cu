@@ -36,23 +36,61 @@ PointerTable<const scalar_t> input_table(const std::vector<at::Tensor>& inputs) 
   return table;
 }
 
+// The computed candidates' weights, read by the kernels: `all` holds every candidate's weight
+// (on the device, in the accumulation type), index[j] is computed output j's candidate. Passed
+// in the kernel's parameters, so nothing is copied from the host and nothing waits for it.
+template <typename acc_t>
+struct WeightTable {
+  const acc_t* all;
+  int32_t index[kMaxCandidates];
+
+  // j must be a compile-time index (an unrolled loop's): a run-time index into a kernel
+  // parameter array makes nvcc copy the array to local memory.
+  __device__ __forceinline__ acc_t of(int j) const { return all[index[j]]; }
+};
+
+// All K weights in the accumulation type: no copy (and no launch) where they have it already.
+at::Tensor accumulation_weights(const at::Tensor& weights, at::ScalarType acc_type) {
+  return weights.detach().to(acc_type).contiguous();
+}
+
+template <typename acc_t>
+WeightTable<acc_t> weight_table(const at::Tensor& all_weights, at::IntArrayRef computed) {
+  WeightTable<acc_t> table{};
+  table.all = all_weights.data_ptr<acc_t>();
+  for (size_t j = 0; j < computed.size(); ++j) table.index[j] = static_cast<int32_t>(computed[j]);
+  return table;
+}
+
+// 16 bytes of one dtype: the width of one vector load or store.
+template <typename scalar_t>
+struct alignas(16) Vector16 {
+  static constexpr int kSize = 16 / sizeof(scalar_t);
+  scalar_t values[kSize];
+};
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// Contiguous, 16-byte aligned candidates (a view at an odd offset is copied: the kernels load
+// 16 bytes at a time).
 std::vector<at::Tensor> gather_inputs(at::TensorList outputs) {
   FASTNAS_CHECK(static_cast<int>(outputs.size()) <= kMaxCandidates, outputs.size(),
                 " computed candidates exceed the CUDA kernel's limit of ", kMaxCandidates,
                 "; split the mixed op into smaller ones");
   std::vector<at::Tensor> inputs;
-  for (const at::Tensor& out : outputs) inputs.push_back(out.contiguous());
+  for (const at::Tensor& out : outputs) {
+    at::Tensor input = out.contiguous();
+    inputs.push_back(aligned16(input) ? input : input.clone());
+  }
   return inputs;
 }
 
-// Weights of the computed candidates in the accumulation type, gathered on the device.
-at::Tensor computed_weights(const at::Tensor& weights, at::IntArrayRef computed,
-                            at::ScalarType acc_type) {
-  const auto index = at::tensor(computed.vec(), at::kLong).to(weights.device(), /*non_blocking=*/true);
-  return weights.detach().index_select(0, index).to(acc_type).contiguous();
+// Grid of a grid-stride kernel: as many blocks as the SMs hold at once (the occupancy the
+// compiled kernel allows), fewer for small work.
+template <typename Kernel>
+int64_t resident_grid(Kernel, int64_t work) {
+  return grid_stride_blocks(work, kThreads, device::max_active_blocks_per_sm(Kernel::pointer, kThreads, 0));
 }
-
-int64_t grid_for(int64_t work) { return grid_stride_blocks(work, kThreads, /*blocks_per_sm=*/8); }
 
 // Kernels are templated on the candidate count (kCount > 0) so the per-candidate loops
 // unroll and the weight-gradient partial sums live in registers; kCount == 0 is the
@@ -64,64 +102,139 @@ __device__ __forceinline__ int candidate_count(int runtime_count) {
   return kCount > 0 ? kCount : runtime_count;
 }
 
+// out = sum_j w_j * inputs[j], 16 bytes per load and store, then the numel % width tail.
 template <typename scalar_t, typename index_t, int kCount>
 __global__ void mixed_forward_kernel(PointerTable<const scalar_t> inputs, int num_inputs,
-                               const at::opmath_type<scalar_t>* __restrict__ weights,
-                               scalar_t* __restrict__ out, index_t numel) {
+                                     WeightTable<at::opmath_type<scalar_t>> weights, scalar_t* __restrict__ out,
+                                     index_t numel) {
   using acc_t = at::opmath_type<scalar_t>;
+  using Vector = Vector16<scalar_t>;
   constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  constexpr int kWidth = Vector::kSize;
   const int count = candidate_count<kCount>(num_inputs);
-  for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < numel;
-       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+  acc_t w[kSlots];
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) w[j] = j < count ? weights.of(j) : acc_t(0);
+  const index_t first = blockIdx.x * blockDim.x + threadIdx.x;
+  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
+  const index_t vectors = numel / kWidth;
+  for (index_t v = first; v < vectors; v += step) {
+    acc_t acc[kWidth] = {};
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (j < count) {
+        const Vector x = load_vector<Vector>(inputs.values[j], v);
+#pragma unroll
+        for (int e = 0; e < kWidth; ++e) acc[e] += w[j] * static_cast<acc_t>(x.values[e]);
+      }
+    }
+    Vector result;
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) result.values[e] = static_cast<scalar_t>(acc[e]);
+    store_vector(out, v, result);
+  }
+  for (index_t i = vectors * kWidth + first; i < numel; i += step) {
     acc_t acc = 0;
 #pragma unroll
     for (int j = 0; j < kSlots; ++j) {
-      if (j < count) acc += weights[j] * static_cast<acc_t>(inputs.values[j][i]);
+      if (j < count) acc += w[j] * static_cast<acc_t>(inputs.values[j][i]);
     }
     out[i] = static_cast<scalar_t>(acc);
   }
 }
 
-// Block b writes partial[b][j] = its share of sum_i grad[i] * inputs[j][i].
+// Sums v over the block; the total is valid in thread 0. Ends with a barrier, so the
+// shared slots can be reused at once.
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  acc_t total = 0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+  }
+  __syncthreads();
+  return total;
+}
+
+// One pass over the gradient: every candidate's gradient w_j * grad (if asked for), and
+// per block the sums grad . inputs[j] into partial[block][j]. The last block to finish adds
+// the partial sums up in block order (deterministic) and writes all K weight gradients,
+// 0 for the candidates that were not computed: the whole backward is this one launch.
 template <typename scalar_t, typename index_t, int kCount>
-__global__ void mixed_backward_kernel(const scalar_t* __restrict__ grad,
-                                PointerTable<const scalar_t> inputs, int num_inputs,
-                                const at::opmath_type<scalar_t>* __restrict__ weights,
-                                PointerTable<scalar_t> input_grads, bool need_input_grads,
-                                at::opmath_type<scalar_t>* __restrict__ partial, index_t numel) {
+__global__ void mixed_backward_kernel(const scalar_t* __restrict__ grad, PointerTable<const scalar_t> inputs,
+                                      int num_inputs, WeightTable<at::opmath_type<scalar_t>> weights,
+                                      PointerTable<scalar_t> input_grads, bool need_input_grads,
+                                      at::opmath_type<scalar_t>* __restrict__ partial,
+                                      unsigned* __restrict__ blocks_done,
+                                      at::opmath_type<scalar_t>* __restrict__ weight_grads, int num_weights,
+                                      index_t numel) {
   using acc_t = at::opmath_type<scalar_t>;
+  using Vector = Vector16<scalar_t>;
   constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  constexpr int kWidth = Vector::kSize;
   const int count = candidate_count<kCount>(num_inputs);
-  acc_t dots[kSlots];
+  acc_t w[kSlots], dots[kSlots];
 #pragma unroll
-  for (int j = 0; j < kSlots; ++j) dots[j] = 0;
-  for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < numel;
-       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+  for (int j = 0; j < kSlots; ++j) {
+    w[j] = j < count ? weights.of(j) : acc_t(0);
+    dots[j] = 0;
+  }
+  const index_t first = blockIdx.x * blockDim.x + threadIdx.x;
+  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
+  const index_t vectors = numel / kWidth;
+  for (index_t v = first; v < vectors; v += step) {
+    const Vector g = load_vector<Vector>(grad, v);
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (j < count) {
+        const Vector x = load_vector<Vector>(inputs.values[j], v);
+        Vector scaled;
+#pragma unroll
+        for (int e = 0; e < kWidth; ++e) {
+          const acc_t ge = static_cast<acc_t>(g.values[e]);
+          dots[j] += ge * static_cast<acc_t>(x.values[e]);
+          scaled.values[e] = static_cast<scalar_t>(w[j] * ge);
+        }
+        if (need_input_grads) store_vector(input_grads.values[j], v, scaled);
+      }
+    }
+  }
+  for (index_t i = vectors * kWidth + first; i < numel; i += step) {
     const acc_t g = static_cast<acc_t>(grad[i]);
 #pragma unroll
     for (int j = 0; j < kSlots; ++j) {
       if (j < count) {
         dots[j] += g * static_cast<acc_t>(inputs.values[j][i]);
-        if (need_input_grads) input_grads.values[j][i] = static_cast<scalar_t>(weights[j] * g);
+        if (need_input_grads) input_grads.values[j][i] = static_cast<scalar_t>(w[j] * g);
       }
     }
   }
-  __shared__ acc_t warp_sums[kThreads / 32];
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
 #pragma unroll
   for (int j = 0; j < kSlots; ++j) {
     if (j >= count) break;
-    acc_t v = dots[j];
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      acc_t total = 0;
-      for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-      partial[blockIdx.x * count + j] = total;
+    const acc_t total = block_sum(dots[j]);
+    if (threadIdx.x == 0) partial[blockIdx.x * count + j] = total;
+  }
+  __shared__ bool last_block;
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's partial sums before its count
+    last_block = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();  // and the other blocks' partial sums before reading them
+  for (int k = threadIdx.x; k < num_weights; k += blockDim.x) {
+    acc_t total = 0;
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (j < count && weights.index[j] == k) {
+        for (unsigned b = 0; b < gridDim.x; ++b) total += partial[b * count + j];
+      }
     }
-    __syncthreads();
+    weight_grads[k] = total;
   }
 }
 
@@ -146,33 +259,48 @@ void with_candidate_count(int count, bool small_index, const Launch& launch) {
   launch(std::integral_constant<int, 0>{});
 }
 
-at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights,
-                         at::IntArrayRef computed) {
+// Calls launch(kernel, blocks, index) with the kernel for `count` candidates (a KernelRef)
+// and the index width its grid needs: the 32-bit, count-templated kernel where a
+// grid-stride loop over numel fits int32 (sized by its own occupancy), else the 64-bit
+// general one.
+template <typename Launch, typename Narrow, typename Wide>
+void with_mixed_kernel(int64_t numel, int count, Narrow narrow_kernel, Wide wide_kernel, const Launch& launch) {
+  with_candidate_count(count, true, [&](auto k) {
+    const auto kernel = narrow_kernel(k);
+    const int64_t blocks = resident_grid(kernel, numel);
+    if (int32_grid_stride_fits(numel, blocks, kThreads)) {
+      launch(kernel, blocks, int32_t{});
+    } else {
+      launch(wide_kernel, resident_grid(wide_kernel, numel), int64_t{});
+    }
+  });
+}
+
+at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed) {
   check_mixed_op_args(outputs, weights, computed);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
   const device::Guard guard(inputs.front().device());
   auto out = at::empty(inputs.front().sizes(), inputs.front().options());
   const int64_t numel = out.numel();
   if (numel == 0) return out;
-  const at::Tensor w = computed_weights(weights, computed, at::toOpMathType(out.scalar_type()));
   const int num_inputs = static_cast<int>(inputs.size());
   const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "mixed_op_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor all_weights = accumulation_weights(weights, at::toOpMathType(out.scalar_type()));
     const auto table = input_table<scalar_t>(inputs);
-    const int64_t blocks = grid_for(numel);
-    const bool small_index = int32_grid_stride_fits(numel, blocks, kThreads);
-    with_candidate_count(num_inputs, small_index, [&](auto count) {
-      constexpr int kCount = decltype(count)::value;
-      if (small_index) {
-        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_forward_kernel<scalar_t, int32_t, kCount>)(
-            table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(numel));
-      } else {
-        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_forward_kernel<scalar_t, int64_t, 0>)(
-            table, num_inputs, w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), numel);
-      }
-    });
-    FASTNAS_LAUNCH_CHECK();
+    const auto weight_values = weight_table<acc_t>(all_weights, computed);
+    with_mixed_kernel(
+        numel, num_inputs,
+        [](auto k) { return KernelRef<&mixed_forward_kernel<scalar_t, int32_t, decltype(k)::value>>{}; },
+        KernelRef<&mixed_forward_kernel<scalar_t, int64_t, 0>>{}, [&](auto kernel, int64_t blocks, auto index) {
+          using index_t = decltype(index);
+          constexpr auto kernel_pointer = decltype(kernel)::pointer;
+          FASTNAS_LAUNCH(blocks, kThreads, 0, stream, kernel_pointer)(table, num_inputs, weight_values,
+                                                                      out.data_ptr<scalar_t>(),
+                                                                      static_cast<index_t>(numel));
+          FASTNAS_LAUNCH_CHECK();
+        });
   });
   return out;
 }
@@ -183,44 +311,43 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
   check_mixed_op_backward_args(grad_in, outputs, weights, computed);
   const std::vector<at::Tensor> inputs = gather_inputs(outputs);
   const device::Guard guard(grad_in.device());
-  const at::Tensor grad = grad_in.contiguous();
+  at::Tensor grad = grad_in.contiguous();
+  if (!aligned16(grad)) grad = grad.clone();
   const int64_t numel = grad.numel();
   const int num_inputs = static_cast<int>(inputs.size());
+  const int num_weights = static_cast<int>(weights.size(0));
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   std::vector<at::Tensor> output_grads;
   if (need_output_grads) {
     for (int j = 0; j < num_inputs; ++j) output_grads.push_back(at::empty_like(grad));
   }
-  const int64_t blocks = grid_for(numel);
-  auto partial = at::zeros({blocks, num_inputs}, grad.options().dtype(acc_type));
-  if (numel > 0) {
-    const at::Tensor w = computed_weights(weights, computed, acc_type);
-    const auto stream = device::current_stream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                    "mixed_op_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto table = input_table<scalar_t>(inputs);
-      PointerTable<scalar_t> grads{};
-      for (size_t j = 0; j < output_grads.size(); ++j) {
-        grads.values[j] = output_grads[j].data_ptr<scalar_t>();
-      }
-      const bool small_index = int32_grid_stride_fits(numel, blocks, kThreads);
-      with_candidate_count(num_inputs, small_index, [&](auto count) {
-        constexpr int kCount = decltype(count)::value;
-        if (small_index) {
-          FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_backward_kernel<scalar_t, int32_t, kCount>)(
-              grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
-              need_output_grads, partial.data_ptr<acc_t>(), static_cast<int32_t>(numel));
-        } else {
-          FASTNAS_LAUNCH(blocks, kThreads, 0, stream, mixed_backward_kernel<scalar_t, int64_t, 0>)(
-              grad.data_ptr<scalar_t>(), table, num_inputs, w.data_ptr<acc_t>(), grads,
-              need_output_grads, partial.data_ptr<acc_t>(), numel);
-        }
-      });
-      FASTNAS_LAUNCH_CHECK();
-    });
-  }
-  return {output_grads, scatter_weight_grads(weights, computed, partial.sum(0))};
+  if (numel == 0) return {output_grads, at::zeros_like(weights)};
+  auto weight_grads = at::empty({num_weights}, weights.options().dtype(acc_type));
+  const auto stream = device::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mixed_op_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor all_weights = accumulation_weights(weights, acc_type);
+    const auto table = input_table<scalar_t>(inputs);
+    const auto weight_values = weight_table<acc_t>(all_weights, computed);
+    PointerTable<scalar_t> grads{};
+    for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
+    with_mixed_kernel(
+        numel, num_inputs,
+        [](auto k) { return KernelRef<&mixed_backward_kernel<scalar_t, int32_t, decltype(k)::value>>{}; },
+        KernelRef<&mixed_backward_kernel<scalar_t, int64_t, 0>>{}, [&](auto kernel, int64_t blocks, auto index) {
+          using index_t = decltype(index);
+          constexpr auto kernel_pointer = decltype(kernel)::pointer;
+          // The blocks' finished count (zeroed) and their partial sums, in one allocation.
+          auto workspace = at::empty({1 + blocks * num_inputs}, grad.options().dtype(acc_type));
+          workspace.narrow(0, 0, 1).zero_();
+          FASTNAS_LAUNCH(blocks, kThreads, 0, stream, kernel_pointer)(
+              grad.data_ptr<scalar_t>(), table, num_inputs, weight_values, grads, need_output_grads,
+              workspace.data_ptr<acc_t>() + 1, reinterpret_cast<unsigned*>(workspace.data_ptr<acc_t>()),
+              weight_grads.data_ptr<acc_t>(), num_weights, static_cast<index_t>(numel));
+          FASTNAS_LAUNCH_CHECK();
+        });
+  });
+  return {output_grads, weight_grads.to(weights.scalar_type())};
 }
 
 // ---- batch-normalised mixed op ----------------------------------------------------------
@@ -347,7 +474,7 @@ __global__ void __launch_bounds__(kReduceThreads) batch_norm_grad_sums_kernel(
 // Grid (x: spans of a plane, y: planes, strided): out = sum_j w_j * (z_j - mean) * invstd.
 template <typename scalar_t, int kCount>
 __global__ void batch_norm_mixed_forward_kernel(PointerTable<const scalar_t> inputs, int num_inputs,
-                                                const at::opmath_type<scalar_t>* __restrict__ weights,
+                                                WeightTable<at::opmath_type<scalar_t>> weights,
                                                 const at::opmath_type<scalar_t>* __restrict__ mean,
                                                 const at::opmath_type<scalar_t>* __restrict__ invstd,
                                                 scalar_t* __restrict__ out, int64_t num_planes,
@@ -363,7 +490,7 @@ __global__ void batch_norm_mixed_forward_kernel(PointerTable<const scalar_t> inp
 #pragma unroll
       for (int j = 0; j < kSlots; ++j) {
         if (j < count) {
-          acc += normalized_term(weights[j], static_cast<acc_t>(inputs.values[j][offset + p]),
+          acc += normalized_term(weights.of(j), static_cast<acc_t>(inputs.values[j][offset + p]),
                                  mean[j * channels + c], invstd[j * channels + c]);
         }
       }
@@ -376,7 +503,7 @@ __global__ void batch_norm_mixed_forward_kernel(PointerTable<const scalar_t> inp
 template <typename scalar_t, int kCount>
 __global__ void batch_norm_mixed_backward_kernel(
     const scalar_t* __restrict__ grad, PointerTable<const scalar_t> inputs, int num_inputs,
-    uint32_t normalized_mask, const at::opmath_type<scalar_t>* __restrict__ weights,
+    uint32_t normalized_mask, WeightTable<at::opmath_type<scalar_t>> weights,
     const at::opmath_type<scalar_t>* __restrict__ mean, const at::opmath_type<scalar_t>* __restrict__ invstd,
     const at::opmath_type<scalar_t>* __restrict__ sum_g, const at::opmath_type<scalar_t>* __restrict__ sum_gx,
     PointerTable<scalar_t> input_grads, int64_t num_planes, int64_t channels, int64_t plane, int64_t count_per_channel) {
@@ -394,7 +521,7 @@ __global__ void batch_norm_mixed_backward_kernel(
         if (j < count) {
           const int64_t slot = j * channels + c;
           input_grads.values[j][offset + p] = static_cast<scalar_t>(normalized_input_grad(
-              ((normalized_mask >> j) & 1u) != 0, weights[j], g, static_cast<acc_t>(inputs.values[j][offset + p]),
+              ((normalized_mask >> j) & 1u) != 0, weights.of(j), g, static_cast<acc_t>(inputs.values[j][offset + p]),
               mean[slot], invstd[slot], sum_g[slot] * inv_count, sum_gx[slot] * inv_count));
         }
       }
@@ -437,12 +564,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_c
   auto invstd = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
   auto variance = at::empty({num_inputs, channels}, first.options().dtype(acc_type));
   if (out.numel() == 0) return {out, mean.zero_(), invstd.fill_(1), variance.zero_()};
-  const at::Tensor w = computed_weights(weights, computed, acc_type);
+  const at::Tensor all_weights = accumulation_weights(weights, acc_type);
   const uint32_t mask = normalized_bits(normalize);
   const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "batch_norm_mixed_op_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = input_table<scalar_t>(inputs);
+    const auto weight_values = weight_table<acc_t>(all_weights, computed);
     with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
       constexpr int kCount = decltype(count)::value;
       FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream, batch_norm_stats_kernel<scalar_t, kCount>)(
@@ -451,7 +579,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_c
       FASTNAS_LAUNCH_CHECK();
       const int threads = plane_threads(plane);
       FASTNAS_LAUNCH(plane_grid(batch * channels, plane, threads), threads, 0, stream, batch_norm_mixed_forward_kernel<scalar_t, kCount>)(
-          table, num_inputs, w.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(),
+          table, num_inputs, weight_values, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(),
           out.data_ptr<scalar_t>(), batch * channels, channels, plane);
       FASTNAS_LAUNCH_CHECK();
     });
@@ -482,12 +610,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
   if (grad.numel() == 0) {
     sum_gx.zero_();
   } else {
-    const at::Tensor w = computed_weights(weights, computed, acc_type);
+    const at::Tensor all_weights = accumulation_weights(weights, acc_type);
     const uint32_t mask = normalized_bits(normalize);
     const auto stream = device::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "batch_norm_mixed_op_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto table = input_table<scalar_t>(inputs);
+      const auto weight_values = weight_table<acc_t>(all_weights, computed);
       PointerTable<scalar_t> grads{};
       for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
       with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
@@ -499,7 +628,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
         if (need_output_grads) {
           const int threads = plane_threads(plane);
           FASTNAS_LAUNCH(plane_grid(batch * channels, plane, threads), threads, 0, stream, batch_norm_mixed_backward_kernel<scalar_t, kCount>)(
-              grad.data_ptr<scalar_t>(), table, num_inputs, mask, w.data_ptr<acc_t>(), mean.data_ptr<acc_t>(),
+              grad.data_ptr<scalar_t>(), table, num_inputs, mask, weight_values, mean.data_ptr<acc_t>(),
               invstd.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>(), grads, batch * channels,
               channels, plane, count_per_channel);
           FASTNAS_LAUNCH_CHECK();

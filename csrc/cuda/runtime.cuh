@@ -9,6 +9,15 @@
 
 #include "../library.h"
 
+namespace fastnas {
+// A kernel as a type, so code that picks one of several kernels can hand the choice on and
+// still launch it as a constant: FASTNAS_LAUNCH(..., decltype(ref)::pointer).
+template <auto Kernel>
+struct KernelRef {
+  static constexpr auto pointer = Kernel;
+};
+}  // namespace fastnas
+
 #if defined(__CUDACC__)
 
 #include <ATen/cuda/CUDAContext.h>
@@ -29,6 +38,13 @@ inline Stream current_stream() { return at::cuda::getCurrentCUDAStream(); }
 inline int multiprocessor_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 // Work sizes up to this use the kernels' 32-bit index variants.
 inline int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max(); }
+// Blocks of `kernel` one SM holds at once at this block size (registers, shared memory).
+template <typename Kernel>
+int max_active_blocks_per_sm(Kernel kernel, int threads, size_t dynamic_shared_bytes) {
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, dynamic_shared_bytes));
+  return blocks > 0 ? blocks : 1;
+}
 }  // namespace fastnas::device
 
 #elif defined(FASTNAS_SIMT)
@@ -49,8 +65,36 @@ using Guard = simt::DeviceGuard;
 inline Stream current_stream() { return {}; }
 inline int multiprocessor_count() { return simt::device().multiprocessors; }
 inline int64_t int32_index_limit() { return simt::device().int32_index_limit; }
+// No registers to count: a fixed occupancy, so grids stay small and loops take several steps.
+template <typename Kernel>
+int max_active_blocks_per_sm(Kernel, int, size_t) {
+  return simt::device().blocks_per_multiprocessor;
+}
 }  // namespace fastnas::device
 
 #else
 #error "compile csrc/cuda with nvcc, or as host C++ with FASTNAS_SIMT defined (the test emulator)"
 #endif
+
+namespace fastnas {
+// Vector v (of Vector's size) from p, in one load: p must be aligned to the vector. A GPU
+// faults on a misaligned vector access ("misaligned address"); the emulator checks it, where
+// an x86 host would just load.
+template <typename Vector, typename T, typename index_t>
+__device__ __forceinline__ Vector load_vector(const T* p, index_t v) {
+  const Vector* address = reinterpret_cast<const Vector*>(p) + v;
+#ifdef FASTNAS_SIMT
+  simt::check_aligned(address, alignof(Vector));
+#endif
+  return *address;
+}
+
+template <typename Vector, typename T, typename index_t>
+__device__ __forceinline__ void store_vector(T* p, index_t v, const Vector& value) {
+  Vector* address = reinterpret_cast<Vector*>(p) + v;
+#ifdef FASTNAS_SIMT
+  simt::check_aligned(address, alignof(Vector));
+#endif
+  *address = value;
+}
+}  // namespace fastnas

@@ -510,6 +510,15 @@ void* dynamic_shared_memory() {
   return block.dynamic_shared.data();
 }
 
+void check_aligned(const void* address, size_t alignment) {
+  if (reinterpret_cast<uintptr_t>(address) % alignment == 0) return;
+  Block& block = active_block("a vector access");
+  std::ostringstream text;
+  text << block.where(block.running) << ": " << alignment << "-byte vector access at " << address
+       << ", which is not a multiple of " << alignment << " (CUDA: misaligned address)";
+  fail(text.str());
+}
+
 std::string kernel_report() {
   KernelRegistry& kernels = registry();
   const std::lock_guard<std::mutex> lock(kernels.mutex);

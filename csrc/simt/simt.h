@@ -59,6 +59,7 @@ inline thread_local const ThreadBuiltins* current_thread = nullptr;
 // The emulated device: what a test may change between launches.
 struct Device {
   int multiprocessors = 2;  // few SMs: grids are small and grid-stride loops take several steps
+  int blocks_per_multiprocessor = 4;  // what the occupancy query answers
   bool reverse_order = false;  // run threads (and blocks) last to first
   int64_t int32_index_limit = std::numeric_limits<int32_t>::max();  // above: the int64 kernels
   bool check_thread_order = true;  // run every op twice, threads in opposite orders (simt_ops.h)
@@ -77,6 +78,8 @@ struct WarpValues {
 WarpValues warp_exchange(unsigned mask, uint64_t value, const char* site);
 void syncwarp(unsigned mask, const char* site);
 void* dynamic_shared_memory();
+// Fails like the GPU's "misaligned address" unless `address` is a multiple of `alignment`.
+void check_aligned(const void* address, size_t alignment);
 
 // What a lane reads from a lane it may not read (outside the mask, a missing lane, or
 // another width segment on hardware that returns undefined values): NaN, or an
@@ -229,7 +232,10 @@ inline unsigned ballot(unsigned mask, bool predicate, const char* site) {
 }
 }  // namespace fastnas::simt
 
-// Threads of one emulated grid never run at the same time, so atomics are plain updates.
+// Threads of one emulated grid never run at the same time, so atomics are plain updates
+// and fences have nothing to order.
+inline void __threadfence() {}
+inline void __threadfence_block() {}
 template <typename T>
 T atomicAdd(T* address, T value) {
   const T old = *address;

@@ -50,7 +50,9 @@ def multi_dilation_dwconv2d(
 def mixed_op(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
     """``sum_k weights[k] * outputs[k]``. An entry of outputs may be None when its weight
     is exactly zero (a masked-out candidate that was never computed); its weight then
-    gets a zero gradient. weights is a 1-D tensor of len(outputs)."""
+    gets a zero gradient. weights is a 1-D tensor of len(outputs). The zero weights are
+    checked on the CPU only: on CUDA reading them would make the host wait for the GPU.
+    With no output computed it returns None, as the reference does."""
     if weights.dim() != 1 or weights.shape[0] != len(outputs):
         raise ValueError(
             f"got {len(outputs)} outputs but {tuple(weights.shape)} weights; "
