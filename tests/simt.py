@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 BUILD = REPO / "build" / "simt"
 INT32_MAX = 2**31 - 1
-DEFAULTS = {"multiprocessors": 2, "int32_index_limit": INT32_MAX, "check_thread_order": True}
+DEFAULTS = {"multiprocessors": 2, "int32_index_limit": INT32_MAX, "check_thread_order": True,
+            "shared_memory_per_block": 48 * 1024}
 
 
 def _kernel_sources() -> list[Path]:
@@ -65,11 +66,13 @@ def load(verbose: bool = False):
     return library
 
 
-def configure(multiprocessors: int, int32_index_limit: int, check_thread_order: bool) -> None:
+def configure(multiprocessors: int, int32_index_limit: int, check_thread_order: bool,
+              shared_memory_per_block: int) -> None:
     """The emulated device: its SM count (sizes the grids), the work size above which the
-    launchers pick their 64-bit index kernels, and whether every op runs twice in opposite
-    thread orders."""
-    torch.ops.fastnas_simt.configure(multiprocessors, int32_index_limit, check_thread_order)
+    launchers pick their 64-bit index kernels, whether every op runs twice in opposite
+    thread orders, and the shared memory the launchers may plan a block with (0: the
+    kernels that stage tiles in shared memory give way to their direct versions)."""
+    torch.ops.fastnas_simt.configure(multiprocessors, int32_index_limit, check_thread_order, shared_memory_per_block)
 
 
 def kernel_report() -> list[dict]:

@@ -112,14 +112,14 @@ def test_every_kernel_instantiation_has_its_own_name(lib):
 
 # ---- every compiled kernel instantiation against the reference ---------------------------------
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# depthwise 80 + mixed op 80 + batch-normalised mixed op 144 + pooling pair 48
-KERNEL_INSTANTIATIONS = 352
+# depthwise 80 direct + 48 tiled, mixed op 80, batch-normalised mixed op 144, pooling pair 48
+KERNEL_INSTANTIATIONS = 400
 
 
-def _depthwise(dtype, kernel_size):
+def _depthwise(dtype, kernel_size, stride):
     x = torch.randn(2, 6, 7, 5, dtype=dtype).requires_grad_()
     weight = torch.randn(6, 1, kernel_size, kernel_size, dtype=dtype).requires_grad_()
-    dilations, stride = (1, 2, 3), 1 + kernel_size % 3
+    dilations = (1, 2, 3)
     check_against_reference(lambda a, b: functional.multi_dilation_dwconv2d(a, b, dilations, stride=stride),
                             lambda a, b: reference.multi_dilation_dwconv2d(a, b, dilations, stride=stride),
                             [x, weight], dtype)
@@ -148,15 +148,21 @@ def _pool_pair(dtype, stride):
 
 
 def test_every_kernel_instantiation_runs_and_matches_the_reference(lib, monkeypatch):
-    """Each dtype x kernel size x index width of the depthwise conv, each candidate count (the
-    templated 1..8 and the general kernel) x index width of the mixed ops, the pooling pair:
-    every compiled instantiation runs, each against the float64 reference."""
+    """Each dtype x kernel size x stride x index width (tiled and direct) of the depthwise conv,
+    each candidate count (the templated 1..8 and the general kernel) x index width of the
+    mixed ops, each stride of the pooling pair: every compiled instantiation runs, each
+    against the float64 reference."""
     monkeypatch.setattr(functional, "_ops", lib)
     before = {entry["kernel"]: entry["launches"] for entry in simt.kernel_report()}
-    for limit in (simt.INT32_MAX, 0):  # 0: every launcher takes its 64-bit index kernels
-        simt.configure(multiprocessors=2, int32_index_limit=limit, check_thread_order=True)
-        for dtype, kernel_size in itertools.product(DTYPES, (1, 3, 5, 7)):
-            _depthwise(dtype, kernel_size)
+    # int32 limit 0: every launcher takes its 64-bit index kernels; no shared memory: the
+    # tiled depthwise kernels give way to the direct ones
+    for limit, shared in ((simt.INT32_MAX, 48 * 1024), (simt.INT32_MAX, 0), (0, 0)):
+        simt.configure(multiprocessors=2, int32_index_limit=limit, check_thread_order=True,
+                       shared_memory_per_block=shared)
+        for dtype, kernel_size, stride in itertools.product(DTYPES, (1, 3, 5, 7), (1, 2)):
+            _depthwise(dtype, kernel_size, stride)
+        if shared == 0 and limit:  # the other ops' kernels take no shared-memory plan
+            continue
         for dtype, count in itertools.product(DTYPES, (*range(1, 9), 11)):
             _mixed(dtype, count)
             if limit:  # the batch-norm kernels index planes in 64 bits throughout
@@ -174,11 +180,28 @@ def test_grids_of_one_and_of_many_blocks(lib, monkeypatch, multiprocessors):
     """1 SM: every grid-stride loop takes many steps and the two-stage sums have one block;
     132 (an H100): one step each, and as many partial sums as blocks."""
     monkeypatch.setattr(functional, "_ops", lib)
-    simt.configure(multiprocessors=multiprocessors, int32_index_limit=simt.INT32_MAX, check_thread_order=True)
+    simt.configure(**{**simt.DEFAULTS, "multiprocessors": multiprocessors})
     try:
-        _depthwise(torch.float64, 3)
+        _depthwise(torch.float64, 3, 1)
         _mixed(torch.float64, 3)
         _batch_norm_mixed(torch.float64, 3)
         _pool_pair(torch.float64, 2)
+    finally:
+        simt.configure(**simt.DEFAULTS)
+
+
+@pytest.mark.parametrize("shared_bytes", [48 * 1024, 3000, 256])  # 16-row bands, 2-row bands, none
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_bands_fit_the_shared_memory(lib, monkeypatch, shared_bytes, stride):
+    """Tall planes take several bands of rows per plane; with less shared memory per block
+    the bands shrink (down to one row); with too little for one row the direct kernels run."""
+    monkeypatch.setattr(functional, "_ops", lib)
+    simt.configure(**{**simt.DEFAULTS, "shared_memory_per_block": shared_bytes})
+    try:
+        x = torch.randn(2, 4, 37, 11, dtype=torch.float64).requires_grad_()
+        weight = torch.randn(4, 1, 5, 5, dtype=torch.float64).requires_grad_()
+        check_against_reference(lambda a, b: functional.multi_dilation_dwconv2d(a, b, (1, 3), stride=stride),
+                                lambda a, b: reference.multi_dilation_dwconv2d(a, b, (1, 3), stride=stride),
+                                [x, weight], torch.float64)
     finally:
         simt.configure(**simt.DEFAULTS)

@@ -1,10 +1,15 @@
 // Multi-dilation depthwise conv on CUDA: one launch for all dilation groups.
-// Forward and input gradient: one thread per element, consecutive threads on
-// consecutive columns (coalesced), the kernel size a template parameter so the tap
-// loops unroll. Weight gradient: a two-stage deterministic reduction.
+// Forward, and the input gradient at stride 1: the tiled kernel (a band of rows per block,
+// staged in shared memory). Where a plane does not fit it, and for the input gradient at
+// larger strides: one thread per element, consecutive threads on consecutive columns
+// (coalesced). The kernel size is a template parameter so the tap loops unroll. Weight
+// gradient: a two-stage deterministic reduction.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
 
 #include "../checks.h"
 #include "../index_math.h"
@@ -168,6 +173,98 @@ __global__ void depthwise_grad_weight_kernel(const scalar_t* __restrict__ grad_o
   }
 }
 
+// ---- tiled forward -----------------------------------------------------------------------
+// Block (plane, band of output rows): the input rows the band reads, with the channel's
+// halo and zeros outside the image, are staged in shared memory once; each output then
+// takes its K*K taps from there, without bounds checks. The channel's dilation and weights
+// are fetched once per block, offsets inside a plane are 32-bit. With kFlip the taps are
+// mirrored: at stride 1 that is the input gradient (the forward of grad_out with the
+// kernel flipped), so both passes share this kernel.
+struct TileGeometry {
+  int channels, channels_per_group;
+  int height, width;          // the input planes
+  int out_height, out_width;  // the output planes
+  int stride, band_rows;      // output rows per block
+};
+
+template <typename scalar_t, int K, int kStride, bool kFlip>
+__global__ void __launch_bounds__(kThreads) depthwise_tiled_kernel(const scalar_t* __restrict__ x,
+                                                                   const scalar_t* __restrict__ w,
+                                                                   const scalar_t* __restrict__ bias,
+                                                                   scalar_t* __restrict__ out, TileGeometry g,
+                                                                   DilationTable table) {
+  using acc_t = at::opmath_type<scalar_t>;
+  FASTNAS_DYNAMIC_SHARED(scalar_t, tile);
+  const int stride = kStride > 0 ? kStride : g.stride;
+  const int64_t plane = blockIdx.x;
+  const int c = static_cast<int>(plane % g.channels);
+  const int dilation = static_cast<int>(table.of_group(c / g.channels_per_group));
+  const int pad = static_cast<int>(same_padding(dilation, K));
+  const int first_row = static_cast<int>(blockIdx.y) * g.band_rows;
+  const int rows = std::min(g.band_rows, g.out_height - first_row);
+  const int tile_rows = (rows - 1) * stride + (K - 1) * dilation + 1;
+  const int tile_cols = (g.out_width - 1) * stride + (K - 1) * dilation + 1;
+  const int top = first_row * stride - pad;
+  const scalar_t* source = x + plane * g.height * g.width;
+  for (int i = threadIdx.x; i < tile_rows * tile_cols; i += blockDim.x) {
+    const int r = i / tile_cols;
+    const int ih = top + r, iw = i - r * tile_cols - pad;
+    tile[i] = ih >= 0 && ih < g.height && iw >= 0 && iw < g.width ? source[ih * g.width + iw] : scalar_t(0);
+  }
+  acc_t taps[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) taps[t] = static_cast<acc_t>(w[c * K * K + (kFlip ? K * K - 1 - t : t)]);
+  const acc_t offset = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
+  __syncthreads();
+  scalar_t* destination = out + plane * g.out_height * g.out_width + first_row * g.out_width;
+  for (int o = threadIdx.x; o < rows * g.out_width; o += blockDim.x) {
+    const int r = o / g.out_width, ow = o - r * g.out_width;
+    const scalar_t* window = tile + r * stride * tile_cols + ow * stride;
+    acc_t acc = offset;
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        acc += taps[kh * K + kw] * static_cast<acc_t>(window[(kh * tile_cols + kw) * dilation]);
+      }
+    }
+    destination[o] = static_cast<scalar_t>(acc);
+  }
+}
+
+// How the tiled kernel covers an output: rows per block, threads, shared bytes. Not
+// possible (rows == 0) where a plane exceeds 32-bit offsets or one output row's input rows
+// do not fit the shared memory a block gets without opting in (48 KiB): the direct kernels
+// cover those.
+struct TilePlan {
+  int rows = 0, threads = 0;
+  int64_t bands = 0;
+  size_t shared_bytes = 0;
+};
+
+TilePlan plan_tiles(int64_t planes, int64_t height, int64_t width, int64_t out_height, int64_t out_width,
+                    int64_t kernel_size, int64_t stride, int64_t max_dilation, size_t element_bytes) {
+  TilePlan plan;
+  if (planes > std::numeric_limits<int32_t>::max()) return plan;  // gridDim.x
+  const size_t max_shared = device::shared_memory_per_block();
+  constexpr int64_t kBandRows = 16;  // halo rows are read twice: (K-1)*d of every band's rows
+  if (height * width > std::numeric_limits<int32_t>::max() / 2) return plan;
+  const int64_t span = (kernel_size - 1) * max_dilation + 1;
+  const int64_t tile_cols = (out_width - 1) * stride + span;
+  for (int64_t rows = std::min(out_height, kBandRows); rows >= 1; rows /= 2) {
+    const size_t bytes = static_cast<size_t>(((rows - 1) * stride + span) * tile_cols) * element_bytes;
+    if (bytes <= max_shared && (out_height + rows - 1) / rows <= 65535) {
+      plan.rows = static_cast<int>(rows);
+      plan.bands = (out_height + rows - 1) / rows;
+      plan.shared_bytes = bytes;
+      // small planes: as many threads as outputs, in whole warps
+      plan.threads = static_cast<int>(std::min<int64_t>(kThreads, (rows * out_width + 31) / 32 * 32));
+      return plan;
+    }
+  }
+  return plan;
+}
+
 // Turns the runtime kernel size into a template parameter.
 #define FASTNAS_DISPATCH_KERNEL_SIZE(k, ...)                                            \
   [&] {                                                                                 \
@@ -187,6 +284,30 @@ Dims make_dims(int64_t channels, int64_t height, int64_t width, int64_t out_heig
                int64_t out_width, size_t num_dilations, int64_t stride) {
   return Dims{channels, height, width, out_height, out_width,
               channels / static_cast<int64_t>(num_dilations), stride};
+}
+
+int64_t max_dilation(at::IntArrayRef dilations) { return *std::max_element(dilations.begin(), dilations.end()); }
+
+// The tiled kernel over `in` (dims: its planes, and out's), stride 1 as a constant.
+template <typename scalar_t, int K, bool kFlip>
+void launch_tiled(const TilePlan& plan, int64_t stride, const at::Tensor& in, const scalar_t* weight,
+                  const scalar_t* bias, at::Tensor& out, const Dims& dims, const DilationTable& table,
+                  device::Stream stream) {
+  const TileGeometry geometry{static_cast<int>(dims.channels),   static_cast<int>(dims.channels_per_group),
+                              static_cast<int>(dims.height),     static_cast<int>(dims.width),
+                              static_cast<int>(dims.out_height), static_cast<int>(dims.out_width),
+                              static_cast<int>(stride),          plan.rows};
+  const dim3 grid(static_cast<unsigned>(in.size(0) * in.size(1)), static_cast<unsigned>(plan.bands));
+  const auto launch = [&](auto kernel) {
+    constexpr auto kernel_pointer = decltype(kernel)::pointer;
+    FASTNAS_LAUNCH(grid, plan.threads, plan.shared_bytes, stream, kernel_pointer)(
+        in.data_ptr<scalar_t>(), weight, bias, out.data_ptr<scalar_t>(), geometry, table);
+  };
+  if (stride == 1) {
+    launch(KernelRef<&depthwise_tiled_kernel<scalar_t, K, 1, kFlip>>{});
+  } else if constexpr (!kFlip) {
+    launch(KernelRef<&depthwise_tiled_kernel<scalar_t, K, 0, false>>{});
+  }
 }
 
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -211,12 +332,17 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
   const DilationTable table = make_dilation_table(dilations);
   const int64_t blocks = grid_for(total);
   const bool wide = !int32_grid_stride_fits(std::max(x.numel(), total), blocks, kThreads);
+  const TilePlan plan = plan_tiles(x.size(0) * x.size(1), x.size(2), x.size(3), out_size.first, out_size.second,
+                                   weight.size(2), stride, max_dilation(dilations), x.element_size());
   const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "multi_dilation_dwconv2d_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
       const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
-      if (wide) {
+      if (plan.rows > 0) {
+        launch_tiled<scalar_t, K, /*flip=*/false>(plan, stride, x, weight.data_ptr<scalar_t>(), bp, out, dims, table,
+                                                  stream);
+      } else if (wide) {
         FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_forward_kernel<scalar_t, int64_t, K>)(
             x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
             dims, table, total);
@@ -246,11 +372,21 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
   const DilationTable table = make_dilation_table(dilations);
   const int64_t blocks = grid_for(total);
   const bool wide = !int32_grid_stride_fits(std::max(grad_out.numel(), total), blocks, kThreads);
+  // At stride 1 the input gradient is the forward of grad_out with the taps mirrored.
+  const TilePlan plan =
+      stride == 1 ? plan_tiles(grad_out.size(0) * grad_out.size(1), grad_out.size(2), grad_out.size(3), input_size[2],
+                               input_size[3], weight.size(2), 1, max_dilation(dilations), grad_out.element_size())
+                  : TilePlan{};
   const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
                                   "multi_dilation_dwconv2d_grad_input_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(weight.size(2), [&] {
-      if (wide) {
+      if (plan.rows > 0) {
+        const Dims mirrored = make_dims(input_size[1], grad_out.size(2), grad_out.size(3), input_size[2],
+                                        input_size[3], dilations.size(), 1);
+        launch_tiled<scalar_t, K, /*flip=*/true>(plan, 1, grad_out, weight.data_ptr<scalar_t>(), nullptr, grad_in,
+                                                 mirrored, table, stream);
+      } else if (wide) {
         FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int64_t, K>)(
             grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
             grad_in.data_ptr<scalar_t>(), dims, table, total);

@@ -27,6 +27,10 @@ struct KernelRef {
 // FASTNAS_LAUNCH(grid, block, shared_bytes, stream, kernel<...>)(args...)
 #define FASTNAS_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
 #define FASTNAS_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
+// A kernel's dynamic shared memory (the launch's shared_bytes), as an array of `type`.
+#define FASTNAS_DYNAMIC_SHARED(type, name)                                \
+  extern __shared__ __align__(16) unsigned char fastnas_dynamic_shared[]; \
+  type* name = reinterpret_cast<type*>(fastnas_dynamic_shared)
 // Registers the file's ops for CUDA tensors: FASTNAS_CUDA_KERNELS(m) { FASTNAS_CUDA_IMPL(m, "op", op_cuda); }
 #define FASTNAS_CUDA_KERNELS(m) FASTNAS_TORCH_LIBRARY_IMPL(CUDA, m)
 #define FASTNAS_CUDA_IMPL(m, name, function) m.impl(name, &function)
@@ -38,6 +42,8 @@ inline Stream current_stream() { return at::cuda::getCurrentCUDAStream(); }
 inline int multiprocessor_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 // Work sizes up to this use the kernels' 32-bit index variants.
 inline int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max(); }
+// Dynamic shared memory a block may use without opting in to more.
+inline size_t shared_memory_per_block() { return 48 * 1024; }
 // Blocks of `kernel` one SM holds at once at this block size (registers, shared memory).
 template <typename Kernel>
 int max_active_blocks_per_sm(Kernel kernel, int threads, size_t dynamic_shared_bytes) {
@@ -65,6 +71,7 @@ using Guard = simt::DeviceGuard;
 inline Stream current_stream() { return {}; }
 inline int multiprocessor_count() { return simt::device().multiprocessors; }
 inline int64_t int32_index_limit() { return simt::device().int32_index_limit; }
+inline size_t shared_memory_per_block() { return simt::device().shared_memory_per_block; }
 // No registers to count: a fixed occupancy, so grids stay small and loops take several steps.
 template <typename Kernel>
 int max_active_blocks_per_sm(Kernel, int, size_t) {

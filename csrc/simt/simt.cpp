@@ -536,8 +536,9 @@ std::string kernel_report() {
 
 // The emulated device's settings and what ran, for the tests (tests/simt.py).
 TORCH_LIBRARY_FRAGMENT(fastnas_simt, m) {
-  m.def("configure(int multiprocessors, int int32_index_limit, bool check_thread_order) -> ()",
-        [](int64_t multiprocessors, int64_t int32_index_limit, bool check_thread_order) {
+  m.def("configure(int multiprocessors, int int32_index_limit, bool check_thread_order, int shared_memory_per_block)"
+        " -> ()",
+        [](int64_t multiprocessors, int64_t int32_index_limit, bool check_thread_order, int64_t shared_memory_per_block) {
           TORCH_CHECK(multiprocessors >= 1, "fastnas simt: multiprocessors must be >= 1, got ", multiprocessors);
           TORCH_CHECK(int32_index_limit >= 0 && int32_index_limit <= std::numeric_limits<int32_t>::max(),
                       "fastnas simt: int32_index_limit must be in [0, 2^31 - 1], got ", int32_index_limit);
@@ -545,6 +546,9 @@ TORCH_LIBRARY_FRAGMENT(fastnas_simt, m) {
           device.multiprocessors = static_cast<int>(multiprocessors);
           device.int32_index_limit = int32_index_limit;
           device.check_thread_order = check_thread_order;
+          TORCH_CHECK(shared_memory_per_block >= 0 && shared_memory_per_block <= 48 * 1024,
+                      "fastnas simt: shared_memory_per_block must be in [0, 49152], got ", shared_memory_per_block);
+          device.shared_memory_per_block = static_cast<size_t>(shared_memory_per_block);
         });
   // JSON: every compiled kernel instantiation and how often it was launched.
   m.def("kernel_report() -> str", &fastnas::simt::kernel_report);

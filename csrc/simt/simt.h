@@ -60,6 +60,7 @@ inline thread_local const ThreadBuiltins* current_thread = nullptr;
 struct Device {
   int multiprocessors = 2;  // few SMs: grids are small and grid-stride loops take several steps
   int blocks_per_multiprocessor = 4;  // what the occupancy query answers
+  size_t shared_memory_per_block = 48 * 1024;  // what launchers may plan with (the tests lower it)
   bool reverse_order = false;  // run threads (and blocks) last to first
   int64_t int32_index_limit = std::numeric_limits<int32_t>::max();  // above: the int64 kernels
   bool check_thread_order = true;  // run every op twice, threads in opposite orders (simt_ops.h)
@@ -265,6 +266,16 @@ T atomicCAS(T* address, T compare, T value) {
   const T old = *address;
   if (old == compare) *address = value;
   return old;
+}
+
+// CUDA's device-side min and max, found unqualified in kernels.
+template <typename T>
+T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <typename T>
+T max(T a, T b) {
+  return a < b ? b : a;
 }
 
 template <typename T>
