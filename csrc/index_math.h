@@ -12,6 +12,13 @@
 
 namespace fastnas {
 
+// The later arguments take the first one's integer type (64-bit on the CPU; 32-bit in the
+// CUDA kernels where the tensor fits), without deducing it from them.
+template <typename T>
+struct SameInteger {
+  using type = T;
+};
+
 // ---- channel shuffle -------------------------------------------------------
 // channel_shuffle(y, groups) views the C channels as (groups, C/groups), transposes
 // to (C/groups, groups) and flattens: channel c = i * (C/groups) + j moves to
@@ -22,7 +29,8 @@ FASTNAS_HD int64_t shuffled_channel(int64_t channel, int64_t groups, int64_t cha
 
 // ---- multi-dilation depthwise conv ----------------------------------------
 // Channel c belongs to dilation group c / channels_per_group.
-FASTNAS_HD int64_t dilation_group_of(int64_t channel, int64_t channels_per_group) {
+template <typename T>
+FASTNAS_HD T dilation_group_of(T channel, typename SameInteger<T>::type channels_per_group) {
   return channel / channels_per_group;
 }
 
@@ -32,18 +40,22 @@ FASTNAS_HD int64_t same_padding(int64_t dilation, int64_t kernel_size) {
 }
 
 // Input coordinate read by output coordinate `out` at kernel tap `tap`.
-FASTNAS_HD int64_t input_coord(int64_t out, int64_t tap, int64_t stride, int64_t dilation,
-                               int64_t padding) {
+template <typename T>
+FASTNAS_HD T input_coord(T out, typename SameInteger<T>::type tap, typename SameInteger<T>::type stride,
+                         typename SameInteger<T>::type dilation, typename SameInteger<T>::type padding) {
   return out * stride - padding + tap * dilation;
 }
 
 // Inverse of input_coord: the output coordinate that reads input coordinate `in`
 // through kernel tap `tap`, if there is one (returns false otherwise).
-FASTNAS_HD bool output_coord_for_input(int64_t in, int64_t tap, int64_t stride, int64_t dilation,
-                                       int64_t padding, int64_t out_size, int64_t* out) {
-  const int64_t shifted = in + padding - tap * dilation;
+template <typename T>
+FASTNAS_HD bool output_coord_for_input(T in, typename SameInteger<T>::type tap, typename SameInteger<T>::type stride,
+                                       typename SameInteger<T>::type dilation,
+                                       typename SameInteger<T>::type padding,
+                                       typename SameInteger<T>::type out_size, T* out) {
+  const T shifted = in + padding - tap * dilation;
   if (shifted < 0 || shifted % stride != 0) return false;
-  const int64_t o = shifted / stride;
+  const T o = shifted / stride;
   if (o >= out_size) return false;
   *out = o;
   return true;

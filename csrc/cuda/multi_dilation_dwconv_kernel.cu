@@ -51,32 +51,38 @@ DilationTable make_dilation_table(at::IntArrayRef dilations) {
 
 int64_t grid_for(int64_t work) { return grid_stride_blocks(work, kThreads, /*blocks_per_sm=*/32); }
 
+// Direct kernels, for planes the tiled kernels cannot stage and the input gradient at
+// strides > 1: one thread per element, coordinates in index_t (32-bit where the tensors
+// fit), the stride a constant where kStride > 0.
 template <typename scalar_t, typename index_t, int K>
 __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-                               const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
-                               Dims d, DilationTable table, index_t total) {
+                                         const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, Dims d,
+                                         DilationTable table, index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
+  const index_t width = d.width, height = d.height, stride = d.stride;
+  const index_t out_width = d.out_width, out_height = d.out_height, channels = d.channels;
+  const index_t channels_per_group = d.channels_per_group;
   for (index_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const index_t ow = idx % d.out_width;
-    index_t t = idx / d.out_width;
-    const index_t oh = t % d.out_height;
-    t /= d.out_height;
-    const index_t c = t % d.channels;
-    const int64_t dil = table.of_group(dilation_group_of(c, d.channels_per_group));
-    const int64_t pad = same_padding(dil, K);
-    const scalar_t* plane = x + t * d.height * d.width;
+    const index_t ow = idx % out_width;
+    index_t t = idx / out_width;
+    const index_t oh = t % out_height;
+    t /= out_height;
+    const index_t c = t % channels;
+    const index_t dil = static_cast<index_t>(table.of_group(dilation_group_of(c, channels_per_group)));
+    const index_t pad = static_cast<index_t>(same_padding(dil, K));
+    const scalar_t* plane = x + t * height * width;
     const scalar_t* wc = w + c * K * K;
     acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
 #pragma unroll
     for (int kh = 0; kh < K; ++kh) {
-      const int64_t ih = input_coord(oh, kh, d.stride, dil, pad);
-      if (ih < 0 || ih >= d.height) continue;
+      const index_t ih = input_coord(oh, kh, stride, dil, pad);
+      if (ih < 0 || ih >= height) continue;
 #pragma unroll
       for (int kw = 0; kw < K; ++kw) {
-        const int64_t iw = input_coord(ow, kw, d.stride, dil, pad);
-        if (iw < 0 || iw >= d.width) continue;
-        acc += static_cast<acc_t>(wc[kh * K + kw]) * static_cast<acc_t>(plane[ih * d.width + iw]);
+        const index_t iw = input_coord(ow, kw, stride, dil, pad);
+        if (iw < 0 || iw >= width) continue;
+        acc += static_cast<acc_t>(wc[kh * K + kw]) * static_cast<acc_t>(plane[ih * width + iw]);
       }
     }
     out[idx] = static_cast<scalar_t>(acc);
@@ -84,33 +90,36 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ x, const s
 }
 
 // Gather form: each input element sums the output taps that read it (no atomics).
-template <typename scalar_t, typename index_t, int K>
-__global__ void depthwise_grad_input_kernel(const scalar_t* __restrict__ grad_out,
-                                  const scalar_t* __restrict__ w, scalar_t* __restrict__ grad_in,
-                                  Dims d, DilationTable table, index_t total) {
+template <typename scalar_t, typename index_t, int K, int kStride>
+__global__ void depthwise_grad_input_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ w,
+                                            scalar_t* __restrict__ grad_in, Dims d, DilationTable table,
+                                            index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
+  const index_t width = d.width, height = d.height, channels = d.channels;
+  const index_t channels_per_group = d.channels_per_group;
+  const index_t out_width = d.out_width, out_height = d.out_height;
+  const index_t stride = kStride > 0 ? kStride : static_cast<index_t>(d.stride);
   for (index_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const index_t iw = idx % d.width;
-    index_t t = idx / d.width;
-    const index_t ih = t % d.height;
-    t /= d.height;
-    const index_t c = t % d.channels;
-    const int64_t dil = table.of_group(dilation_group_of(c, d.channels_per_group));
-    const int64_t pad = same_padding(dil, K);
-    const scalar_t* plane = grad_out + t * d.out_height * d.out_width;
+    const index_t iw = idx % width;
+    index_t t = idx / width;
+    const index_t ih = t % height;
+    t /= height;
+    const index_t c = t % channels;
+    const index_t dil = static_cast<index_t>(table.of_group(dilation_group_of(c, channels_per_group)));
+    const index_t pad = static_cast<index_t>(same_padding(dil, K));
+    const scalar_t* plane = grad_out + t * out_height * out_width;
     const scalar_t* wc = w + c * K * K;
     acc_t acc = 0;
 #pragma unroll
     for (int kh = 0; kh < K; ++kh) {
-      int64_t oh;
-      if (!output_coord_for_input(ih, kh, d.stride, dil, pad, d.out_height, &oh)) continue;
+      index_t oh;
+      if (!output_coord_for_input(ih, kh, stride, dil, pad, out_height, &oh)) continue;
 #pragma unroll
       for (int kw = 0; kw < K; ++kw) {
-        int64_t ow;
-        if (!output_coord_for_input(iw, kw, d.stride, dil, pad, d.out_width, &ow)) continue;
-        acc += static_cast<acc_t>(wc[kh * K + kw]) *
-               static_cast<acc_t>(plane[oh * d.out_width + ow]);
+        index_t ow;
+        if (!output_coord_for_input(iw, kw, stride, dil, pad, out_width, &ow)) continue;
+        acc += static_cast<acc_t>(wc[kh * K + kw]) * static_cast<acc_t>(plane[oh * out_width + ow]);
       }
     }
     grad_in[idx] = static_cast<scalar_t>(acc);
@@ -173,7 +182,7 @@ __global__ void depthwise_grad_weight_kernel(const scalar_t* __restrict__ grad_o
   }
 }
 
-// ---- tiled forward -----------------------------------------------------------------------
+// ---- tiled kernels -----------------------------------------------------------------------
 // Block (plane, band of output rows): the input rows the band reads, with the channel's
 // halo and zeros outside the image, are staged in shared memory once; each output then
 // takes its K*K taps from there, without bounds checks. The channel's dilation and weights
@@ -232,10 +241,92 @@ __global__ void __launch_bounds__(kThreads) depthwise_tiled_kernel(const scalar_
   }
 }
 
-// How the tiled kernel covers an output: rows per block, threads, shared bytes. Not
+// Block (channel, split) of the weight gradient: walks its share of the channel's (image,
+// band) items. Each item's grad_out rows, and the input rows they read with halo, are staged
+// in shared memory; thread (tap, lane) then sums one tap over every lanes-th output of the
+// band. One accumulator per thread keeps registers low at K = 7, so the SMs stay full. The
+// splits' partial sums go to `partial`; the channel's last block to finish adds them in
+// split order (deterministic) and writes the channel's gradient: one launch, no second pass.
+template <typename scalar_t, int K, int kStride>
+__global__ void __launch_bounds__(kThreads) depthwise_tiled_grad_weight_kernel(
+    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, at::opmath_type<scalar_t>* partial,
+    unsigned* channel_blocks_done, scalar_t* __restrict__ grad_weight, TileGeometry g, DilationTable table,
+    int batch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kTaps = K * K;
+  FASTNAS_DYNAMIC_SHARED(scalar_t, staged);
+  __shared__ acc_t lane_sums[kThreads];
+  __shared__ bool last_block;
+  const int stride = kStride > 0 ? kStride : g.stride;
+  const int c = blockIdx.x;
+  const int split = blockIdx.y, splits = gridDim.y;
+  const int dilation = static_cast<int>(table.of_group(c / g.channels_per_group));
+  const int pad = static_cast<int>(same_padding(dilation, K));
+  const int bands = (g.out_height + g.band_rows - 1) / g.band_rows;
+  const int lanes = blockDim.x / kTaps;
+  const int tap = threadIdx.x / lanes, lane = threadIdx.x % lanes;  // tap >= kTaps: idle
+  const int kh = tap / K, kw = tap % K;
+  scalar_t* grad_rows = staged;
+  scalar_t* tile = staged + g.band_rows * g.out_width;
+  acc_t acc = 0;
+  for (int item = split; item < batch * bands; item += splits) {
+    const int band = item % bands;
+    const int64_t plane = static_cast<int64_t>(item / bands) * g.channels + c;
+    const int first_row = band * g.band_rows;
+    const int rows = std::min(g.band_rows, g.out_height - first_row);
+    const int tile_cols = (g.out_width - 1) * stride + (K - 1) * dilation + 1;
+    const int tile_rows = (rows - 1) * stride + (K - 1) * dilation + 1;
+    const int top = first_row * stride - pad;
+    const int outputs = rows * g.out_width;
+    const scalar_t* grad_source = grad_out + plane * g.out_height * g.out_width + first_row * g.out_width;
+    const scalar_t* source = x + plane * g.height * g.width;
+    __syncthreads();  // the previous item's reads are done before its rows are overwritten
+    for (int i = threadIdx.x; i < outputs; i += blockDim.x) grad_rows[i] = grad_source[i];
+    for (int i = threadIdx.x; i < tile_rows * tile_cols; i += blockDim.x) {
+      const int r = i / tile_cols;
+      const int ih = top + r, iw = i - r * tile_cols - pad;
+      tile[i] = ih >= 0 && ih < g.height && iw >= 0 && iw < g.width ? source[ih * g.width + iw] : scalar_t(0);
+    }
+    __syncthreads();
+    if (tap < kTaps) {
+      const scalar_t* window = tile + kh * dilation * tile_cols + kw * dilation;
+      // (r, ow) of output o stepped without a division per output
+      int r = lane / g.out_width, ow = lane - r * g.out_width;
+      for (int o = lane; o < outputs; o += lanes) {
+        acc += static_cast<acc_t>(grad_rows[o]) * static_cast<acc_t>(window[r * stride * tile_cols + ow * stride]);
+        ow += lanes;
+        while (ow >= g.out_width) {
+          ow -= g.out_width;
+          ++r;
+        }
+      }
+    }
+  }
+  lane_sums[threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.x < kTaps) {
+    acc_t total = 0;
+    for (int l = 0; l < lanes; ++l) total += lane_sums[threadIdx.x * lanes + l];
+    partial[(static_cast<int64_t>(c) * splits + split) * kTaps + threadIdx.x] = total;
+    __threadfence();  // this block's partial sums before its count
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(channel_blocks_done + c, 1u) == static_cast<unsigned>(splits) - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();  // and the other splits' partial sums before reading them
+  if (threadIdx.x < kTaps) {
+    acc_t total = 0;
+    for (int s = 0; s < splits; ++s) total += partial[(static_cast<int64_t>(c) * splits + s) * kTaps + threadIdx.x];
+    grad_weight[c * kTaps + threadIdx.x] = static_cast<scalar_t>(total);
+  }
+}
+
+// How the tiled kernels cover an output: rows per block, threads, shared bytes. Not
 // possible (rows == 0) where a plane exceeds 32-bit offsets or one output row's input rows
 // do not fit the shared memory a block gets without opting in (48 KiB): the direct kernels
-// cover those.
+// cover those. The weight gradient also stages the band's grad_out rows
+// (`with_grad_rows`) and keeps `static_bytes` of its own.
 struct TilePlan {
   int rows = 0, threads = 0;
   int64_t bands = 0;
@@ -243,17 +334,20 @@ struct TilePlan {
 };
 
 TilePlan plan_tiles(int64_t planes, int64_t height, int64_t width, int64_t out_height, int64_t out_width,
-                    int64_t kernel_size, int64_t stride, int64_t max_dilation, size_t element_bytes) {
+                    int64_t kernel_size, int64_t stride, int64_t max_dilation, size_t element_bytes,
+                    bool with_grad_rows = false, size_t static_bytes = 0) {
   TilePlan plan;
   if (planes > std::numeric_limits<int32_t>::max()) return plan;  // gridDim.x
   const size_t max_shared = device::shared_memory_per_block();
+  if (static_bytes >= max_shared) return plan;
   constexpr int64_t kBandRows = 16;  // halo rows are read twice: (K-1)*d of every band's rows
   if (height * width > std::numeric_limits<int32_t>::max() / 2) return plan;
   const int64_t span = (kernel_size - 1) * max_dilation + 1;
   const int64_t tile_cols = (out_width - 1) * stride + span;
   for (int64_t rows = std::min(out_height, kBandRows); rows >= 1; rows /= 2) {
-    const size_t bytes = static_cast<size_t>(((rows - 1) * stride + span) * tile_cols) * element_bytes;
-    if (bytes <= max_shared && (out_height + rows - 1) / rows <= 65535) {
+    const int64_t elements = ((rows - 1) * stride + span) * tile_cols + (with_grad_rows ? rows * out_width : 0);
+    const size_t bytes = static_cast<size_t>(elements) * element_bytes;
+    if (bytes <= max_shared - static_bytes && (out_height + rows - 1) / rows <= 65535) {
       plan.rows = static_cast<int>(rows);
       plan.bands = (out_height + rows - 1) / rows;
       plan.shared_bytes = bytes;
@@ -387,13 +481,17 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
         launch_tiled<scalar_t, K, /*flip=*/true>(plan, 1, grad_out, weight.data_ptr<scalar_t>(), nullptr, grad_in,
                                                  mirrored, table, stream);
       } else if (wide) {
-        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int64_t, K>)(
-            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-            grad_in.data_ptr<scalar_t>(), dims, table, total);
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int64_t, K, 0>)(
+            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), dims, table,
+            total);
+      } else if (stride == 2) {
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int32_t, K, 2>)(
+            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), dims, table,
+            static_cast<int32_t>(total));
       } else {
-        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int32_t, K>)(
-            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-            grad_in.data_ptr<scalar_t>(), dims, table, static_cast<int32_t>(total));
+        FASTNAS_LAUNCH(blocks, kThreads, 0, stream, depthwise_grad_input_kernel<scalar_t, int32_t, K, 0>)(
+            grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), dims, table,
+            static_cast<int32_t>(total));
       }
       FASTNAS_LAUNCH_CHECK();
     });
@@ -412,16 +510,57 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
   if (positions == 0 || channels == 0) {
     return at::zeros({channels, 1, kernel_size, kernel_size}, x.options());
   }
-  // Enough splits to fill the device, each with at least a few positions per thread.
-  const int64_t sms = device::multiprocessor_count();
-  const int64_t splits = std::max<int64_t>(
-      1, std::min<int64_t>((4 * sms + channels - 1) / channels, positions / (4 * kThreads)));
-  auto partial = at::empty({splits, channels, kernel_size * kernel_size},
-                           x.options().dtype(at::toOpMathType(x.scalar_type())));
   const Dims dims = make_dims(channels, x.size(2), x.size(3), grad_out.size(2), grad_out.size(3),
                               dilations.size(), stride);
   const DilationTable table = make_dilation_table(dilations);
   const auto stream = device::current_stream();
+  const int64_t sms = device::multiprocessor_count();
+  const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
+  const TilePlan plan =
+      plan_tiles(batch * channels, x.size(2), x.size(3), grad_out.size(2), grad_out.size(3), kernel_size, stride,
+                 max_dilation(dilations), x.element_size(), /*with_grad_rows=*/true,
+                 kThreads * at::elementSize(acc_type) + 16);
+  if (plan.rows > 0 && batch * plan.bands <= std::numeric_limits<int32_t>::max()) {
+    at::Tensor grad_weight = at::empty({channels, 1, kernel_size, kernel_size}, x.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                    "multi_dilation_dwconv2d_grad_weight_cuda", [&] {
+      FASTNAS_DISPATCH_KERNEL_SIZE(kernel_size, [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto launch = [&](auto kernel) {
+          constexpr auto kernel_pointer = decltype(kernel)::pointer;
+          // enough splits of each channel's items to fill every SM
+          const int64_t resident = sms * device::max_active_blocks_per_sm(kernel_pointer, kThreads, plan.shared_bytes);
+          const int64_t splits = std::clamp<int64_t>((resident + channels - 1) / channels, 1,
+                                                     std::min<int64_t>(batch * plan.bands, 65535));
+          // the channels' finished-block counters (zeroed), then the partial sums
+          const int64_t counter_slots = (channels * 4 + sizeof(acc_t) - 1) / sizeof(acc_t);
+          at::Tensor workspace = at::empty({counter_slots + channels * splits * K * K}, x.options().dtype(acc_type));
+          workspace.narrow(0, 0, counter_slots).zero_();
+          const TileGeometry geometry{static_cast<int>(channels),    static_cast<int>(dims.channels_per_group),
+                                      static_cast<int>(dims.height), static_cast<int>(dims.width),
+                                      static_cast<int>(dims.out_height), static_cast<int>(dims.out_width),
+                                      static_cast<int>(stride),      plan.rows};
+          const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(splits));
+          FASTNAS_LAUNCH(grid, kThreads, plan.shared_bytes, stream, kernel_pointer)(
+              grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>() + counter_slots,
+              reinterpret_cast<unsigned*>(workspace.data_ptr<acc_t>()), grad_weight.data_ptr<scalar_t>(), geometry,
+              table, static_cast<int>(batch));
+        };
+        if (stride == 1) {
+          launch(KernelRef<&depthwise_tiled_grad_weight_kernel<scalar_t, K, 1>>{});
+        } else {
+          launch(KernelRef<&depthwise_tiled_grad_weight_kernel<scalar_t, K, 0>>{});
+        }
+        FASTNAS_LAUNCH_CHECK();
+      });
+    });
+    return grad_weight;
+  }
+  // Planes too large to stage: enough splits to fill the device, each with at least a few
+  // positions per thread, and their sum in a second pass.
+  const int64_t splits = std::max<int64_t>(
+      1, std::min<int64_t>((4 * sms + channels - 1) / channels, positions / (4 * kThreads)));
+  auto partial = at::empty({splits, channels, kernel_size * kernel_size}, x.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "multi_dilation_dwconv2d_grad_weight_cuda", [&] {
     FASTNAS_DISPATCH_KERNEL_SIZE(kernel_size, [&] {
