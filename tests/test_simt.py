@@ -190,6 +190,27 @@ def test_grids_of_one_and_of_many_blocks(lib, monkeypatch, multiprocessors):
         simt.configure(**simt.DEFAULTS)
 
 
+@pytest.mark.parametrize("multiprocessors", [1, 2, 132])
+@pytest.mark.parametrize("count", [1, 3, 11])
+def test_batch_norm_statistics_split_each_channel_over_blocks(lib, monkeypatch, multiprocessors, count):
+    """40 images of 16 and 20 values per plane: several blocks share each channel's sums (as
+    many as the SMs want, up to one per group of images) and the channel's last block
+    adds them up (2 to 3 blocks per channel here)."""
+    monkeypatch.setattr(functional, "_ops", lib)
+    simt.configure(**{**simt.DEFAULTS, "multiprocessors": multiprocessors})
+    try:
+        for height, width in ((4, 4), (4, 5)):
+            norms = [torch.nn.BatchNorm2d(3, affine=False).double() if k % 2 == 0 else None for k in range(count)]
+            outputs = [(torch.randn(40, 3, height, width) * (k + 1) + k).double().requires_grad_()
+                       for k in range(count)]
+            weights = torch.rand(count).requires_grad_()
+            check_against_reference(lambda w, *o: functional.batch_norm_mixed_op(list(o), w, norms),
+                                    lambda w, *o: reference.batch_norm_mixed_op(list(o), w, norms),
+                                    [weights, *outputs], torch.float64)
+    finally:
+        simt.configure(**simt.DEFAULTS)
+
+
 @pytest.mark.parametrize("shared_bytes", [48 * 1024, 3000, 256])  # 16-row bands, 2-row bands, none
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_bands_fit_the_shared_memory(lib, monkeypatch, shared_bytes, stride):

@@ -143,17 +143,17 @@ __global__ void mixed_forward_kernel(PointerTable<const scalar_t> inputs, int nu
   }
 }
 
-// Sums v over the block; the total is valid in thread 0. Ends with a barrier, so the
-// shared slots can be reused at once.
-template <typename acc_t>
+// Sums v over a block of kBlockThreads; the total is valid in thread 0. Ends with a
+// barrier, so the shared slots can be reused at once.
+template <int kBlockThreads, typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t v) {
-  __shared__ acc_t warp_sums[kThreads / 32];
+  __shared__ acc_t warp_sums[kBlockThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
   __syncthreads();
   acc_t total = 0;
   if (threadIdx.x == 0) {
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    for (int w = 0; w < kBlockThreads / 32; ++w) total += warp_sums[w];
   }
   __syncthreads();
   return total;
@@ -215,7 +215,7 @@ __global__ void mixed_backward_kernel(const scalar_t* __restrict__ grad, Pointer
 #pragma unroll
   for (int j = 0; j < kSlots; ++j) {
     if (j >= count) break;
-    const acc_t total = block_sum(dots[j]);
+    const acc_t total = block_sum<kThreads>(dots[j]);
     if (threadIdx.x == 0) partial[blockIdx.x * count + j] = total;
   }
   __shared__ bool last_block;
@@ -337,12 +337,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
         KernelRef<&mixed_backward_kernel<scalar_t, int64_t, 0>>{}, [&](auto kernel, int64_t blocks, auto index) {
           using index_t = decltype(index);
           constexpr auto kernel_pointer = decltype(kernel)::pointer;
-          // The blocks' finished count (zeroed) and their partial sums, in one allocation.
-          auto workspace = at::empty({1 + blocks * num_inputs}, grad.options().dtype(acc_type));
-          workspace.narrow(0, 0, 1).zero_();
+          const CountedScratch<acc_t> scratch(1, blocks * num_inputs, grad.options());
           FASTNAS_LAUNCH(blocks, kThreads, 0, stream, kernel_pointer)(
-              grad.data_ptr<scalar_t>(), table, num_inputs, weight_values, grads, need_output_grads,
-              workspace.data_ptr<acc_t>() + 1, reinterpret_cast<unsigned*>(workspace.data_ptr<acc_t>()),
+              grad.data_ptr<scalar_t>(), table, num_inputs, weight_values, grads, need_output_grads, scratch.values,
+              scratch.counters,
               weight_grads.data_ptr<acc_t>(), num_weights, static_cast<index_t>(numel));
           FASTNAS_LAUNCH_CHECK();
         });
@@ -353,122 +351,160 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
 // ---- batch-normalised mixed op ----------------------------------------------------------
 constexpr int kReduceThreads = 512;
 
-// inputs.values[index] read with static indices only: a run-time index into a by-value
-// kernel argument makes nvcc copy the whole table to local memory.
-template <int kCount, typename T>
-__device__ __forceinline__ T* pointer_at(const PointerTable<T>& table, int index) {
-  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
-  T* result = table.values[0];
+// values[index] read with static indices only: a run-time index into a register array
+// makes nvcc move the whole array to local memory.
+template <int kSlots, typename T>
+__device__ __forceinline__ T shift_of(const T (&values)[kSlots], int index) {
+  T result = values[0];
 #pragma unroll
   for (int j = 1; j < kSlots; ++j) {
-    if (j == index) result = table.values[j];
+    if (j == index) result = values[j];
   }
   return result;
-}
-
-// Sums two per-thread values over the block; the totals are valid in thread 0.
-template <typename acc_t>
-__device__ __forceinline__ void block_sum_pair(acc_t* first, acc_t* second) {
-  __shared__ acc_t shared_first[kReduceThreads / 32], shared_second[kReduceThreads / 32];
-  acc_t a = *first, b = *second;
-  for (int offset = 16; offset > 0; offset /= 2) {
-    a += __shfl_down_sync(0xffffffffu, a, offset);
-    b += __shfl_down_sync(0xffffffffu, b, offset);
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) {
-    shared_first[warp] = a;
-    shared_second[warp] = b;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    a = 0;
-    b = 0;
-    for (int w = 0; w < kReduceThreads / 32; ++w) {
-      a += shared_first[w];
-      b += shared_second[w];
-    }
-    *first = a;
-    *second = b;
-  }
 }
 
 // Threads of a reduction block cover `rows` planes at a time, `lanes` threads per plane
 // (a multiple of 32), so small planes (8x8) still keep every thread busy.
 struct PlaneTiling {
   int lanes, rows;
-  __device__ __forceinline__ static PlaneTiling of(int64_t plane) {
+  __host__ __device__ __forceinline__ static PlaneTiling of(int64_t plane) {
     int lanes = kReduceThreads;
     while (lanes > 32 && lanes / 2 >= plane) lanes /= 2;
     return {lanes, kReduceThreads / lanes};
   }
 };
 
-// Block (c, j): mean and invstd of candidate j's channel c over (N, H, W).
+// The per-channel reductions of the batch-normalised mixed op run on grid (channel, split):
+// a block sums its share of the channel's images for every candidate in one pass, writes
+// its kValues partial sums per candidate to partial[channel][split], and the channel's last
+// block to finish adds the splits in order (deterministic). Returns true in that block,
+// whose thread j then holds candidate j's totals in totals[0..kValues).
+template <int kValues, int kSlots, typename acc_t>
+__device__ __forceinline__ bool channel_totals(acc_t (&sums)[kValues][kSlots], int count, acc_t* partial,
+                                               unsigned* channel_blocks_done, acc_t (&totals)[kValues]) {
+  const int64_t c = blockIdx.x;
+  const int split = blockIdx.y, splits = gridDim.y;
+  const int64_t row = kValues * static_cast<int64_t>(count);  // one split's partial sums
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) {
+    if (j >= count) break;
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) {
+      const acc_t total = block_sum<kReduceThreads>(sums[v][j]);
+      if (threadIdx.x == 0) partial[(c * splits + split) * row + v * count + j] = total;
+    }
+  }
+  __shared__ bool last_block;
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's partial sums before its count
+    last_block = atomicAdd(channel_blocks_done + c, 1u) == static_cast<unsigned>(splits) - 1;
+  }
+  __syncthreads();
+  if (!last_block) return false;
+  __threadfence();  // and the other splits' partial sums before reading them
+  if (threadIdx.x < count) {
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) {
+      totals[v] = 0;
+      for (int s = 0; s < splits; ++s) totals[v] += partial[(c * splits + s) * row + v * count + threadIdx.x];
+    }
+  }
+  return true;
+}
+
+// Mean, variance and invstd of every candidate's channel c over (N, H, W), shifted by the
+// channel's first value (finalize_moments); not normalised: mean 0, variance 0, invstd 1.
 template <typename scalar_t, int kCount>
 __global__ void __launch_bounds__(kReduceThreads) batch_norm_stats_kernel(
-    PointerTable<const scalar_t> inputs, uint32_t normalized_mask, int64_t batch, int64_t channels,
-    int64_t plane, double eps, at::opmath_type<scalar_t>* __restrict__ mean,
-    at::opmath_type<scalar_t>* __restrict__ variance, at::opmath_type<scalar_t>* __restrict__ invstd) {
+    PointerTable<const scalar_t> inputs, int num_inputs, uint32_t normalized_mask, int64_t batch, int64_t channels,
+    int64_t plane, double eps, at::opmath_type<scalar_t>* partial, unsigned* channel_blocks_done,
+    at::opmath_type<scalar_t>* __restrict__ mean, at::opmath_type<scalar_t>* __restrict__ variance,
+    at::opmath_type<scalar_t>* __restrict__ invstd) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  const int count = candidate_count<kCount>(num_inputs);
   const int64_t c = blockIdx.x;
-  const int j = blockIdx.y;
-  const int64_t slot = j * channels + c;
-  if (!((normalized_mask >> j) & 1u)) {
-    if (threadIdx.x == 0) {
-      mean[slot] = 0;
-      variance[slot] = 0;
-      invstd[slot] = 1;
-    }
-    return;
+  acc_t shifts[kSlots], sums[2][kSlots];
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) {
+    shifts[j] = j < count ? static_cast<acc_t>(inputs.values[j][c * plane]) : acc_t(0);
+    sums[0][j] = 0;
+    sums[1][j] = 0;
   }
-  const scalar_t* z = pointer_at<kCount>(inputs, j);
-  const acc_t shift = static_cast<acc_t>(z[c * plane]);
   const PlaneTiling tiling = PlaneTiling::of(plane);
-  acc_t sum = 0, sum_sq = 0;
-  for (int64_t n = threadIdx.x / tiling.lanes; n < batch; n += tiling.rows) {
-    const scalar_t* row = z + (n * channels + c) * plane;
+  for (int64_t n = blockIdx.y * tiling.rows + threadIdx.x / tiling.lanes; n < batch;
+       n += static_cast<int64_t>(gridDim.y) * tiling.rows) {
+    const int64_t offset = (n * channels + c) * plane;
     for (int64_t p = threadIdx.x % tiling.lanes; p < plane; p += tiling.lanes) {
-      const acc_t v = static_cast<acc_t>(row[p]) - shift;
-      sum += v;
-      sum_sq += v * v;
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {
+        if (j < count && ((normalized_mask >> j) & 1u)) {
+          const acc_t v = static_cast<acc_t>(inputs.values[j][offset + p]) - shifts[j];
+          sums[0][j] += v;
+          sums[1][j] += v * v;
+        }
+      }
     }
   }
-  block_sum_pair(&sum, &sum_sq);
-  if (threadIdx.x == 0) {
-    finalize_moments(sum, sum_sq, batch * plane, shift, eps, &mean[slot], &variance[slot], &invstd[slot]);
+  acc_t totals[2];
+  if (!channel_totals(sums, count, partial, channel_blocks_done, totals) || threadIdx.x >= count) return;
+  const int j = threadIdx.x;
+  const int64_t slot = j * channels + c;
+  if ((normalized_mask >> j) & 1u) {
+    finalize_moments(totals[0], totals[1], batch * plane, shift_of<kSlots>(shifts, j), eps, &mean[slot],
+                     &variance[slot], &invstd[slot]);
+  } else {
+    mean[slot] = 0;
+    variance[slot] = 0;
+    invstd[slot] = 1;
   }
 }
 
-// Block (c, j): sum(g) and sum(g * x_j) over channel c, x_j the normalised candidate j
-// (the candidate itself where it is not normalised: mean 0, invstd 1).
+// sum(g) and sum(g * x_j) over channel c for every candidate j in one pass over the
+// incoming gradient, x_j the normalised candidate (the candidate itself where it is not
+// normalised: mean 0, invstd 1).
 template <typename scalar_t, int kCount>
 __global__ void __launch_bounds__(kReduceThreads) batch_norm_grad_sums_kernel(
-    const scalar_t* __restrict__ grad, PointerTable<const scalar_t> inputs, int64_t batch,
+    const scalar_t* __restrict__ grad, PointerTable<const scalar_t> inputs, int num_inputs, int64_t batch,
     int64_t channels, int64_t plane, const at::opmath_type<scalar_t>* __restrict__ mean,
-    const at::opmath_type<scalar_t>* __restrict__ invstd, at::opmath_type<scalar_t>* __restrict__ sum_g,
+    const at::opmath_type<scalar_t>* __restrict__ invstd, at::opmath_type<scalar_t>* partial,
+    unsigned* channel_blocks_done, at::opmath_type<scalar_t>* __restrict__ sum_g,
     at::opmath_type<scalar_t>* __restrict__ sum_gx) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kSlots = kCount > 0 ? kCount : kMaxCandidates;
+  const int count = candidate_count<kCount>(num_inputs);
   const int64_t c = blockIdx.x;
-  const int j = blockIdx.y;
-  const int64_t slot = j * channels + c;
-  const scalar_t* z = pointer_at<kCount>(inputs, j);
-  const acc_t shift = static_cast<acc_t>(z[c * plane]);
+  // sums[0][j] = sum(g), the same for every candidate: kept per candidate so that
+  // channel_totals treats both sums alike
+  acc_t shifts[kSlots], sums[2][kSlots];
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) {
+    shifts[j] = j < count ? static_cast<acc_t>(inputs.values[j][c * plane]) : acc_t(0);
+    sums[0][j] = 0;
+    sums[1][j] = 0;
+  }
   const PlaneTiling tiling = PlaneTiling::of(plane);
-  acc_t g_total = 0, gz_total = 0;
-  for (int64_t n = threadIdx.x / tiling.lanes; n < batch; n += tiling.rows) {
+  acc_t g_total = 0;
+  for (int64_t n = blockIdx.y * tiling.rows + threadIdx.x / tiling.lanes; n < batch;
+       n += static_cast<int64_t>(gridDim.y) * tiling.rows) {
     const int64_t offset = (n * channels + c) * plane;
     for (int64_t p = threadIdx.x % tiling.lanes; p < plane; p += tiling.lanes) {
       const acc_t g = static_cast<acc_t>(grad[offset + p]);
       g_total += g;
-      gz_total += g * (static_cast<acc_t>(z[offset + p]) - shift);
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {
+        if (j < count) sums[1][j] += g * (static_cast<acc_t>(inputs.values[j][offset + p]) - shifts[j]);
+      }
     }
   }
-  block_sum_pair(&g_total, &gz_total);
-  if (threadIdx.x == 0) {
-    sum_g[slot] = g_total;
-    sum_gx[slot] = normalized_dot(gz_total, g_total, mean[slot], shift, invstd[slot]);
-  }
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) sums[0][j] = g_total;
+  acc_t totals[2];
+  if (!channel_totals(sums, count, partial, channel_blocks_done, totals) || threadIdx.x >= count) return;
+  const int j = threadIdx.x;
+  const int64_t slot = j * channels + c;
+  sum_g[slot] = totals[0];
+  sum_gx[slot] = normalized_dot(totals[1], totals[0], mean[slot], shift_of<kSlots>(shifts, j), invstd[slot]);
 }
 
 // Grid (x: spans of a plane, y: planes, strided): out = sum_j w_j * (z_j - mean) * invstd.
@@ -529,6 +565,16 @@ __global__ void batch_norm_mixed_backward_kernel(
   }
 }
 
+// Splits of each channel's images for the per-channel reductions (channel_totals): enough
+// blocks to fill every SM, each with at least one group of PlaneTiling rows.
+template <typename Kernel>
+int64_t channel_splits(Kernel kernel, int64_t batch, int64_t channels, int64_t plane) {
+  const int64_t resident =
+      device::multiprocessor_count() * device::max_active_blocks_per_sm(kernel, kReduceThreads, 0);
+  const int64_t row_groups = (batch + PlaneTiling::of(plane).rows - 1) / PlaneTiling::of(plane).rows;
+  return std::clamp<int64_t>((resident + channels - 1) / channels, 1, std::min<int64_t>(row_groups, 65535));
+}
+
 uint32_t normalized_bits(const c10::List<bool>& normalize) {
   uint32_t mask = 0;
   for (size_t j = 0; j < normalize.size(); ++j) {
@@ -573,9 +619,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_c
     const auto weight_values = weight_table<acc_t>(all_weights, computed);
     with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
       constexpr int kCount = decltype(count)::value;
-      FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream, batch_norm_stats_kernel<scalar_t, kCount>)(
-              table, mask, batch, channels, plane, eps, mean.data_ptr<acc_t>(), variance.data_ptr<acc_t>(),
-              invstd.data_ptr<acc_t>());
+      constexpr auto stats_kernel = batch_norm_stats_kernel<scalar_t, kCount>;
+      const int64_t splits = channel_splits(stats_kernel, batch, channels, plane);
+      const CountedScratch<acc_t> scratch(channels, channels * splits * 2 * num_inputs, first.options());
+      FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(splits)), kReduceThreads, 0, stream,
+                     stats_kernel)(table, num_inputs, mask, batch, channels, plane, eps, scratch.values,
+                                   scratch.counters, mean.data_ptr<acc_t>(), variance.data_ptr<acc_t>(),
+                                   invstd.data_ptr<acc_t>());
       FASTNAS_LAUNCH_CHECK();
       const int threads = plane_threads(plane);
       FASTNAS_LAUNCH(plane_grid(batch * channels, plane, threads), threads, 0, stream, batch_norm_mixed_forward_kernel<scalar_t, kCount>)(
@@ -621,9 +671,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
       for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
       with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
         constexpr int kCount = decltype(count)::value;
-        FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(num_inputs)), kReduceThreads, 0, stream, batch_norm_grad_sums_kernel<scalar_t, kCount>)(
-                grad.data_ptr<scalar_t>(), table, batch, channels, plane, mean.data_ptr<acc_t>(),
-                invstd.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>());
+        constexpr auto sums_kernel = batch_norm_grad_sums_kernel<scalar_t, kCount>;
+        const int64_t splits = channel_splits(sums_kernel, batch, channels, plane);
+        const CountedScratch<acc_t> scratch(channels, channels * splits * 2 * num_inputs, grad.options());
+        FASTNAS_LAUNCH(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(splits)), kReduceThreads, 0,
+                       stream, sums_kernel)(grad.data_ptr<scalar_t>(), table, num_inputs, batch, channels, plane,
+                                            mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), scratch.values,
+                                            scratch.counters, sum_g.data_ptr<acc_t>(), sum_gx.data_ptr<acc_t>());
         FASTNAS_LAUNCH_CHECK();
         if (need_output_grads) {
           const int threads = plane_threads(plane);

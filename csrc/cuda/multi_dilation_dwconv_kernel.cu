@@ -532,19 +532,15 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
           const int64_t resident = sms * device::max_active_blocks_per_sm(kernel_pointer, kThreads, plan.shared_bytes);
           const int64_t splits = std::clamp<int64_t>((resident + channels - 1) / channels, 1,
                                                      std::min<int64_t>(batch * plan.bands, 65535));
-          // the channels' finished-block counters (zeroed), then the partial sums
-          const int64_t counter_slots = (channels * 4 + sizeof(acc_t) - 1) / sizeof(acc_t);
-          at::Tensor workspace = at::empty({counter_slots + channels * splits * K * K}, x.options().dtype(acc_type));
-          workspace.narrow(0, 0, counter_slots).zero_();
+          const CountedScratch<acc_t> scratch(channels, channels * splits * K * K, x.options());
           const TileGeometry geometry{static_cast<int>(channels),    static_cast<int>(dims.channels_per_group),
                                       static_cast<int>(dims.height), static_cast<int>(dims.width),
                                       static_cast<int>(dims.out_height), static_cast<int>(dims.out_width),
                                       static_cast<int>(stride),      plan.rows};
           const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(splits));
           FASTNAS_LAUNCH(grid, kThreads, plan.shared_bytes, stream, kernel_pointer)(
-              grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>() + counter_slots,
-              reinterpret_cast<unsigned*>(workspace.data_ptr<acc_t>()), grad_weight.data_ptr<scalar_t>(), geometry,
-              table, static_cast<int>(batch));
+              grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scratch.values, scratch.counters,
+              grad_weight.data_ptr<scalar_t>(), geometry, table, static_cast<int>(batch));
         };
         if (stride == 1) {
           launch(KernelRef<&depthwise_tiled_grad_weight_kernel<scalar_t, K, 1>>{});

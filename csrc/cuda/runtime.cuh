@@ -4,6 +4,8 @@
 // Include it after the ATen headers: the emulator defines CUDA's built-in names as macros.
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <limits>
 
@@ -104,4 +106,26 @@ __device__ __forceinline__ void store_vector(T* p, index_t v, const Vector& valu
 #endif
   *address = value;
 }
+}  // namespace fastnas
+
+namespace fastnas {
+// Scratch of a reduction whose last block to finish adds the other blocks' partial sums:
+// `counters` zeroed finished-block counters, then `values` partial sums of type acc_t. One
+// allocation and one memset.
+template <typename acc_t>
+struct CountedScratch {
+  at::Tensor storage;
+  unsigned* counters;
+  acc_t* values;
+
+  CountedScratch(int64_t num_counters, int64_t num_values, const at::TensorOptions& options) {
+    const int64_t counter_slots =
+        (num_counters * static_cast<int64_t>(sizeof(unsigned)) + static_cast<int64_t>(sizeof(acc_t)) - 1) /
+        static_cast<int64_t>(sizeof(acc_t));
+    storage = at::empty({counter_slots + num_values}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+    storage.narrow(0, 0, counter_slots).zero_();
+    counters = reinterpret_cast<unsigned*>(storage.data_ptr<acc_t>());
+    values = storage.data_ptr<acc_t>() + counter_slots;
+  }
+};
 }  // namespace fastnas
