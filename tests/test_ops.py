@@ -221,6 +221,31 @@ def test_mixed_op_channels_last_and_strided_outputs(backend, layout):
                             [weights.requires_grad_(), *(o.requires_grad_() for o in outputs)], torch.float64)
 
 
+@pytest.mark.parametrize("permutation", [(0, 2, 3, 1), (2, 3, 0, 1)])  # channels_last, another order
+def test_mixed_op_runs_in_a_shared_dense_layout_without_copies(backend, permutation):
+    """Candidates and gradient in the same dense non-contiguous layout: results in that layout
+    and no copy of any input (the op is element-wise); mixed layouts give contiguous results."""
+    inverse = [permutation.index(d) for d in range(4)]
+    outputs = [torch.randn(2, 6, 5, 7, device=backend.device, dtype=torch.float64).permute(*permutation)
+               .contiguous().permute(*inverse).requires_grad_() for _ in range(3)]
+    grad = torch.randn(2, 6, 5, 7, device=backend.device, dtype=torch.float64).permute(*permutation) \
+        .contiguous().permute(*inverse)
+    weights = torch.rand(3, device=backend.device, dtype=torch.float64, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        out = backend.library.mixed_op(outputs, weights, [0, 1, 2])
+        output_grads, _ = backend.library.mixed_op_backward(grad, outputs, weights, [0, 1, 2], True)
+    copies = [e.name for e in profile.events() if e.name in ("aten::clone", "aten::copy_", "aten::contiguous")]
+    assert not copies, copies
+    assert out.stride() == outputs[0].stride()
+    assert all(g.stride() == grad.stride() for g in output_grads)
+    check_against_reference(lambda w, *o: ops.mixed_op(list(o), w), lambda w, *o: reference.mixed_op(list(o), w),
+                            [weights, *outputs], torch.float64)
+    mixed = [outputs[0], outputs[1].contiguous()]
+    out = backend.library.mixed_op(mixed, weights[:2].detach(), [0, 1])
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, reference.mixed_op(mixed, weights[:2]))
+
+
 def test_mixed_op_outputs_at_unaligned_addresses(backend):
     """Views that start one element into their storage: the CUDA kernels load 16 bytes at a
     time and must take such inputs (they copy them) as well as aligned ones."""
@@ -618,6 +643,12 @@ def test_opcheck_all_ops(device):
         (lib.shuffle_gconv1x1.default, (x, w1, None, 2, 4)),
         (lib.multi_dilation_dwconv2d.default, (x, w2, [1, 2], None, 2)),
         (lib.mixed_op.default, ([outs[0], outs[1]], weights, [0, 2])),
+        (lib.mixed_op.default, ([x.to(memory_format=torch.channels_last)] * 2, weights, [0, 2])),
+        (lib.mixed_op_backward.default, (x.detach().to(memory_format=torch.channels_last),
+                                         [x.detach().to(memory_format=torch.channels_last)] * 2, weights, [0, 2],
+                                         True)),
+        (lib.mixed_op_backward.default, (x.detach(), [x.detach().to(memory_format=torch.channels_last)] * 2,
+                                         weights, [0, 2], True)),
         (lib.batch_norm_mixed_op.default, ([x, x * 2], weights, [0, 2], [True, False], 1e-5)),
         (lib.pool3x3_pair.default, (x, 1)),
         (lib.pool3x3_pair.default, (x, 2)),

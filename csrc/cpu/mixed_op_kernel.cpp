@@ -12,6 +12,7 @@
 
 #include "../library.h"
 #include "../checks.h"
+#include "../elementwise_layout.h"
 #include "../normalization_math.h"
 #include "../ops.h"
 #include "cpu_clones.h"
@@ -107,9 +108,10 @@ FASTNAS_CLONED_NORMALIZED_KERNELS(double)
 at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
                         at::IntArrayRef computed) {
   check_mixed_op_args(outputs, weights, computed);
-  const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
+  const ElementwiseLayout layout(outputs);
+  const std::vector<at::Tensor> inputs = layout.prepare(outputs);
   check_cpu_dtype(inputs.front(), "outputs");
-  auto out = at::empty(inputs.front().sizes(), inputs.front().options());
+  at::Tensor out = layout.empty_like(inputs.front());
   const int64_t numel = out.numel();
   if (numel == 0) return out;
   const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
@@ -134,19 +136,16 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
     at::IntArrayRef computed, bool need_output_grads) {
   check_mixed_op_backward_args(grad_in, outputs, weights, computed);
-  const std::vector<at::Tensor> inputs = contiguous_outputs(outputs);
-  const at::Tensor grad = grad_in.contiguous();
+  const ElementwiseLayout layout(outputs, grad_in);
+  const std::vector<at::Tensor> inputs = layout.prepare(outputs);
+  const at::Tensor grad = layout.prepare(grad_in);
   const int64_t numel = grad.numel();
   const int64_t num_chunks = (numel + kChunk - 1) / kChunk;
   const auto num_computed = static_cast<int64_t>(computed.size());
   // One allocation for all candidate gradients: several separate ones freed together
   // make glibc trim its heap, and every step then pays page faults on fresh memory.
   std::vector<at::Tensor> output_grads;
-  if (need_output_grads) {
-    std::vector<int64_t> shape{num_computed};
-    shape.insert(shape.end(), grad.sizes().begin(), grad.sizes().end());
-    output_grads = at::empty(shape, grad.options()).unbind(0);
-  }
+  if (need_output_grads) output_grads = layout.empty(num_computed, grad);
   auto partial = at::zeros({num_chunks, num_computed}, grad.options().dtype(at::kDouble));
   const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "mixed_op_backward_cpu", [&] {

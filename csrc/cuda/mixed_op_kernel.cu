@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../elementwise_layout.h"
 #include "../normalization_math.h"
 #include "../ops.h"
 #include "grid_stride.cuh"
@@ -71,16 +72,16 @@ struct alignas(16) Vector16 {
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-// Contiguous, 16-byte aligned candidates (a view at an odd offset is copied: the kernels load
+// Candidates in the layout the op runs in, 16-byte aligned (a view at an odd offset is copied: the kernels load
 // 16 bytes at a time).
-std::vector<at::Tensor> gather_inputs(at::TensorList outputs) {
+std::vector<at::Tensor> gather_inputs(at::TensorList outputs, const ElementwiseLayout& layout) {
   FASTNAS_CHECK(static_cast<int>(outputs.size()) <= kMaxCandidates, outputs.size(),
                 " computed candidates exceed the CUDA kernel's limit of ", kMaxCandidates,
                 "; split the mixed op into smaller ones");
   std::vector<at::Tensor> inputs;
   for (const at::Tensor& out : outputs) {
-    at::Tensor input = out.contiguous();
-    inputs.push_back(aligned16(input) ? input : input.clone());
+    at::Tensor input = layout.prepare(out);
+    inputs.push_back(aligned16(input) ? input : input.clone());  // clone keeps the strides
   }
   return inputs;
 }
@@ -278,9 +279,10 @@ void with_mixed_kernel(int64_t numel, int count, Narrow narrow_kernel, Wide wide
 
 at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed) {
   check_mixed_op_args(outputs, weights, computed);
-  const std::vector<at::Tensor> inputs = gather_inputs(outputs);
+  const ElementwiseLayout layout(outputs);
+  const std::vector<at::Tensor> inputs = gather_inputs(outputs, layout);
   const device::Guard guard(inputs.front().device());
-  auto out = at::empty(inputs.front().sizes(), inputs.front().options());
+  at::Tensor out = layout.empty_like(inputs.front());
   const int64_t numel = out.numel();
   if (numel == 0) return out;
   const int num_inputs = static_cast<int>(inputs.size());
@@ -309,18 +311,17 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
     at::IntArrayRef computed, bool need_output_grads) {
   check_mixed_op_backward_args(grad_in, outputs, weights, computed);
-  const std::vector<at::Tensor> inputs = gather_inputs(outputs);
+  const ElementwiseLayout layout(outputs, grad_in);
+  const std::vector<at::Tensor> inputs = gather_inputs(outputs, layout);
   const device::Guard guard(grad_in.device());
-  at::Tensor grad = grad_in.contiguous();
+  at::Tensor grad = layout.prepare(grad_in);
   if (!aligned16(grad)) grad = grad.clone();
   const int64_t numel = grad.numel();
   const int num_inputs = static_cast<int>(inputs.size());
   const int num_weights = static_cast<int>(weights.size(0));
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   std::vector<at::Tensor> output_grads;
-  if (need_output_grads) {
-    for (int j = 0; j < num_inputs; ++j) output_grads.push_back(at::empty_like(grad));
-  }
+  if (need_output_grads) output_grads = layout.empty(num_inputs, grad);
   if (numel == 0) return {output_grads, at::zeros_like(weights)};
   auto weight_grads = at::empty({num_weights}, weights.options().dtype(acc_type));
   const auto stream = device::current_stream();
@@ -598,7 +599,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_c
     at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, double eps) {
   check_batch_norm_mixed_op_args(outputs, weights, computed, normalize, eps);
-  const std::vector<at::Tensor> inputs = gather_inputs(outputs);
+  const std::vector<at::Tensor> inputs = gather_inputs(outputs, ElementwiseLayout::contiguous());
   const device::Guard guard(inputs.front().device());
   const at::Tensor& first = inputs.front();
   const int64_t batch = first.size(0), channels = first.size(1), plane = first.size(2) * first.size(3);
@@ -643,7 +644,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
     bool need_output_grads) {
   const int64_t count_per_channel =
       check_batch_norm_mixed_op_backward_args(grad_in, outputs, weights, computed, normalize, mean_in, invstd_in);
-  const std::vector<at::Tensor> inputs = gather_inputs(outputs);
+  const std::vector<at::Tensor> inputs = gather_inputs(outputs, ElementwiseLayout::contiguous());
   const device::Guard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);

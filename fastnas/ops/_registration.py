@@ -47,15 +47,44 @@ def _multi_dilation_grad_weight_fake(grad_out, x, dilations, stride, kernel_size
 
 
 # ---- mixed op ------------------------------------------------------------------
+def _covers_storage_densely(t):
+    """Every element of the storage span once (dimensions of size 1 aside)."""
+    if t.numel() == 0:
+        return False
+    expected = 1
+    for stride, size in sorted((t.stride(d), t.shape[d]) for d in range(t.dim()) if t.shape[d] != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _empty_in_elementwise_layout(like, tensors):
+    """A result of the mixed op (csrc/elementwise_layout.h): in `like`'s strides where all
+    `tensors` share them and cover their storage densely, else contiguous."""
+    shared = _covers_storage_densely(tensors[0]) and all(t.stride() == tensors[0].stride() for t in tensors)
+    return torch.empty_like(like, memory_format=torch.preserve_format if shared else torch.contiguous_format)
+
+
+def _empty_slices_in_elementwise_layout(count, like, tensors):
+    """`count` such results as slices of one allocation, each starting 16-byte aligned."""
+    one = _empty_in_elementwise_layout(like, tensors)
+    per_16_bytes = max(1, 16 // like.element_size())
+    span = -(-like.numel() // per_16_bytes) * per_16_bytes
+    return like.new_empty_strided((count, *like.shape), (span, *one.stride())).unbind(0)
+
+
 @torch.library.register_fake("fastnas::mixed_op")
 def _mixed_op_fake(outputs, weights, indices):
-    return torch.empty_like(outputs[0], memory_format=torch.contiguous_format)
+    return _empty_in_elementwise_layout(outputs[0], outputs)
 
 
 @torch.library.register_fake("fastnas::mixed_op_backward")
 def _mixed_op_backward_fake(grad, outputs, weights, indices, need_output_grads):
-    output_grads = [torch.empty_like(grad) for _ in outputs] if need_output_grads else []
-    return output_grads, weights.new_empty(weights.shape)
+    if not need_output_grads:
+        return [], weights.new_empty(weights.shape)
+    return list(_empty_slices_in_elementwise_layout(len(outputs), grad, [*outputs, grad])), weights.new_empty(
+        weights.shape)
 
 
 # ---- batch-normalised mixed op ---------------------------------------------------
