@@ -113,7 +113,7 @@ def test_every_kernel_instantiation_has_its_own_name(lib):
 # ---- every compiled kernel instantiation against the reference ---------------------------------
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # depthwise 80 direct + 48 tiled, mixed op 80, batch-normalised mixed op 144, pooling pair 48
-KERNEL_INSTANTIATIONS = 448
+KERNEL_INSTANTIATIONS = 480
 
 
 def _depthwise(dtype, kernel_size, stride):
@@ -159,7 +159,7 @@ def test_every_kernel_instantiation_runs_and_matches_the_reference(lib, monkeypa
     for limit, shared in ((simt.INT32_MAX, 48 * 1024), (simt.INT32_MAX, 0), (0, 0)):
         simt.configure(multiprocessors=2, int32_index_limit=limit, check_thread_order=True,
                        shared_memory_per_block=shared)
-        for dtype, kernel_size, stride in itertools.product(DTYPES, (1, 3, 5, 7), (1, 2)):
+        for dtype, kernel_size, stride in itertools.product(DTYPES, (1, 3, 5, 7), (1, 2, 3)):
             _depthwise(dtype, kernel_size, stride)
         if shared == 0 and limit:  # the other ops' kernels take no shared-memory plan
             continue
@@ -207,6 +207,27 @@ def test_batch_norm_statistics_split_each_channel_over_blocks(lib, monkeypatch, 
             check_against_reference(lambda w, *o: functional.batch_norm_mixed_op(list(o), w, norms),
                                     lambda w, *o: reference.batch_norm_mixed_op(list(o), w, norms),
                                     [weights, *outputs], torch.float64)
+    finally:
+        simt.configure(**simt.DEFAULTS)
+
+
+@pytest.mark.parametrize("height", [1, 5, 13, 37])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_rows_per_thread_at_every_dilation(lib, monkeypatch, height, stride):
+    """The tiled forward gives each thread 4 rows `dilation` apart: bands whose rows are not
+    a multiple of 4 * dilation, at dilations 1 to 4 side by side, in one band and in several."""
+    monkeypatch.setattr(functional, "_ops", lib)
+    try:
+        for shared_bytes in (48 * 1024, 6000):  # one band; bands of 32 (stride 1) or 9 (stride 2) rows
+            simt.configure(**{**simt.DEFAULTS, "shared_memory_per_block": shared_bytes})
+            x = torch.randn(2, 8, height, 6, dtype=torch.float64).requires_grad_()
+            weight = torch.randn(8, 1, 3, 3, dtype=torch.float64).requires_grad_()
+            bias = torch.randn(8, dtype=torch.float64).requires_grad_()
+            dilations = (1, 2, 3, 4)
+            check_against_reference(
+                lambda a, b, c: functional.multi_dilation_dwconv2d(a, b, dilations, c, stride=stride),
+                lambda a, b, c: reference.multi_dilation_dwconv2d(a, b, dilations, c, stride=stride),
+                [x, weight, bias], torch.float64)
     finally:
         simt.configure(**simt.DEFAULTS)
 

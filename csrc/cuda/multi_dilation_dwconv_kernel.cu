@@ -196,6 +196,28 @@ struct TileGeometry {
   int stride, band_rows;      // output rows per block
 };
 
+// Outputs per thread in the tiled forward where the stride is a constant: kOutputsPerThread
+// outputs of one column, `dilation` rows apart, read overlapping tap rows (output row
+// r + j*d at tap row kh reads tile row r + (j*stride + kh)*d), so a thread loads each of
+// those stride*(R-1)+K rows once instead of K times per output. Columns go to consecutive
+// threads: conflict-free shared loads, coalesced stores.
+constexpr int kOutputsPerThread = 4;
+
+template <int kStride>
+constexpr int outputs_per_thread() {
+  return kStride > 0 ? kOutputsPerThread : 1;
+}
+
+// Tile rows a band of `rows` output rows reads at this dilation when each thread takes
+// `per_thread` rows `dilation` apart: the band rounded up to whole groups of
+// per_thread * dilation rows (the extra outputs are computed from zeros and not stored).
+__host__ __device__ __forceinline__ int tiled_input_rows(int rows, int stride, int dilation, int kernel_size,
+                                                         int per_thread) {
+  const int group = per_thread * dilation;
+  const int padded = (rows + group - 1) / group * group;
+  return (padded - 1) * stride + (kernel_size - 1) * dilation + 1;
+}
+
 template <typename scalar_t, int K, int kStride, bool kFlip>
 __global__ void __launch_bounds__(kThreads) depthwise_tiled_kernel(const scalar_t* __restrict__ x,
                                                                    const scalar_t* __restrict__ w,
@@ -203,6 +225,9 @@ __global__ void __launch_bounds__(kThreads) depthwise_tiled_kernel(const scalar_
                                                                    scalar_t* __restrict__ out, TileGeometry g,
                                                                    DilationTable table) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kPerThread = outputs_per_thread<kStride>();
+  constexpr int kStep = kStride > 0 ? kStride : 1;  // tap rows between a thread's outputs, in dilations
+  constexpr int kTapRows = kStep * (kPerThread - 1) + K;
   FASTNAS_DYNAMIC_SHARED(scalar_t, tile);
   const int stride = kStride > 0 ? kStride : g.stride;
   const int64_t plane = blockIdx.x;
@@ -211,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) depthwise_tiled_kernel(const scalar_
   const int pad = static_cast<int>(same_padding(dilation, K));
   const int first_row = static_cast<int>(blockIdx.y) * g.band_rows;
   const int rows = std::min(g.band_rows, g.out_height - first_row);
-  const int tile_rows = (rows - 1) * stride + (K - 1) * dilation + 1;
+  const int tile_rows = tiled_input_rows(rows, stride, dilation, K, kPerThread);
   const int tile_cols = (g.out_width - 1) * stride + (K - 1) * dilation + 1;
   const int top = first_row * stride - pad;
   const scalar_t* source = x + plane * g.height * g.width;
@@ -226,36 +251,67 @@ __global__ void __launch_bounds__(kThreads) depthwise_tiled_kernel(const scalar_
   const acc_t offset = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
   __syncthreads();
   scalar_t* destination = out + plane * g.out_height * g.out_width + first_row * g.out_width;
-  for (int o = threadIdx.x; o < rows * g.out_width; o += blockDim.x) {
-    const int r = o / g.out_width, ow = o - r * g.out_width;
-    const scalar_t* window = tile + r * stride * tile_cols + ow * stride;
-    acc_t acc = offset;
+  // work item: (group of rows, column); group q holds rows (q / d) * R * d + q % d + j * d
+  const int groups = (rows + kPerThread * dilation - 1) / (kPerThread * dilation) * dilation;
+  for (int item = threadIdx.x; item < groups * g.out_width; item += blockDim.x) {
+    const int group = item / g.out_width, ow = item - group * g.out_width;
+    const int first = group / dilation * kPerThread * dilation + group % dilation;
+    const scalar_t* window = tile + first * stride * tile_cols + ow * stride;
+    acc_t acc[kPerThread];
 #pragma unroll
-    for (int kh = 0; kh < K; ++kh) {
+    for (int j = 0; j < kPerThread; ++j) acc[j] = offset;
 #pragma unroll
-      for (int kw = 0; kw < K; ++kw) {
-        acc += taps[kh * K + kw] * static_cast<acc_t>(window[(kh * tile_cols + kw) * dilation]);
+    for (int m = 0; m < kTapRows; ++m) {
+      acc_t values[K];
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) values[kw] = static_cast<acc_t>(window[(m * tile_cols + kw) * dilation]);
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const int kh = m - kStep * j;  // output j's tap row that reads tile row m
+        if (kh < 0 || kh >= K) continue;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) acc[j] += taps[kh * K + kw] * values[kw];
       }
     }
-    destination[o] = static_cast<scalar_t>(acc);
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int r = first + j * dilation;
+      if (r < rows) destination[r * g.out_width + ow] = static_cast<scalar_t>(acc[j]);
+    }
   }
 }
 
 // Block (channel, split) of the weight gradient: walks its share of the channel's (image,
-// band) items. Each item's grad_out rows, and the input rows they read with halo, are staged
-// in shared memory; thread (tap, lane) then sums one tap over every lanes-th output of the
-// band. One accumulator per thread keeps registers low at K = 7, so the SMs stay full. The
-// splits' partial sums go to `partial`; the channel's last block to finish adds them in
-// split order (deterministic) and writes the channel's gradient: one launch, no second pass.
+// band) items. Each item's grad_out rows (zeros past the band) and the input rows they read
+// (with halo) are staged in shared memory. The warps of tap column kw (kWarpsPerTapColumn of
+// them) take the forward's work items, kPerThread rows `dilation` apart in one column, and
+// sum grad * input for the K taps of column kw: kPerThread gradient and kTapRows input loads
+// feed kPerThread * K FMAs, into K accumulators per thread. The splits' partial sums go to
+// `partial`; the channel's last block to finish adds them in split order (deterministic) and
+// writes the channel's gradient: one launch, no second pass.
+template <int K>
+constexpr int weight_grad_warps_per_tap_column() {
+  return (kThreads / 32) / K > 1 ? (kThreads / 32) / K : 1;
+}
+
+template <int K>
+constexpr int weight_grad_threads() {
+  return K * weight_grad_warps_per_tap_column<K>() * 32;
+}
+
 template <typename scalar_t, int K, int kStride>
 __global__ void __launch_bounds__(kThreads) depthwise_tiled_grad_weight_kernel(
     const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, at::opmath_type<scalar_t>* partial,
     unsigned* channel_blocks_done, scalar_t* __restrict__ grad_weight, TileGeometry g, DilationTable table,
     int batch) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int kTaps = K * K;
+  constexpr int kPerThread = outputs_per_thread<kStride>();
+  constexpr int kStep = kStride > 0 ? kStride : 1;
+  constexpr int kTapRows = kStep * (kPerThread - 1) + K;
+  constexpr int kLanes = weight_grad_warps_per_tap_column<K>() * 32;  // threads per tap column
+  constexpr int kWarps = weight_grad_threads<K>() / 32;
   FASTNAS_DYNAMIC_SHARED(scalar_t, staged);
-  __shared__ acc_t lane_sums[kThreads];
+  __shared__ acc_t warp_sums[kWarps][K];
   __shared__ bool last_block;
   const int stride = kStride > 0 ? kStride : g.stride;
   const int c = blockIdx.x;
@@ -263,51 +319,68 @@ __global__ void __launch_bounds__(kThreads) depthwise_tiled_grad_weight_kernel(
   const int dilation = static_cast<int>(table.of_group(c / g.channels_per_group));
   const int pad = static_cast<int>(same_padding(dilation, K));
   const int bands = (g.out_height + g.band_rows - 1) / g.band_rows;
-  const int lanes = blockDim.x / kTaps;
-  const int tap = threadIdx.x / lanes, lane = threadIdx.x % lanes;  // tap >= kTaps: idle
-  const int kh = tap / K, kw = tap % K;
-  scalar_t* grad_rows = staged;
-  scalar_t* tile = staged + g.band_rows * g.out_width;
-  acc_t acc = 0;
+  const int kw = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int tile_cols = (g.out_width - 1) * stride + (K - 1) * dilation + 1;
+  acc_t acc[K];
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) acc[kh] = 0;
   for (int item = split; item < batch * bands; item += splits) {
     const int band = item % bands;
     const int64_t plane = static_cast<int64_t>(item / bands) * g.channels + c;
     const int first_row = band * g.band_rows;
     const int rows = std::min(g.band_rows, g.out_height - first_row);
-    const int tile_cols = (g.out_width - 1) * stride + (K - 1) * dilation + 1;
-    const int tile_rows = (rows - 1) * stride + (K - 1) * dilation + 1;
+    const int group_rows = kPerThread * dilation;
+    const int padded_rows = (rows + group_rows - 1) / group_rows * group_rows;
+    const int tile_rows = tiled_input_rows(rows, stride, dilation, K, kPerThread);
     const int top = first_row * stride - pad;
-    const int outputs = rows * g.out_width;
     const scalar_t* grad_source = grad_out + plane * g.out_height * g.out_width + first_row * g.out_width;
     const scalar_t* source = x + plane * g.height * g.width;
+    scalar_t* grad_rows = staged;
+    scalar_t* tile = staged + padded_rows * g.out_width;
     __syncthreads();  // the previous item's reads are done before its rows are overwritten
-    for (int i = threadIdx.x; i < outputs; i += blockDim.x) grad_rows[i] = grad_source[i];
+    for (int i = threadIdx.x; i < padded_rows * g.out_width; i += blockDim.x) {
+      grad_rows[i] = i < rows * g.out_width ? grad_source[i] : scalar_t(0);
+    }
     for (int i = threadIdx.x; i < tile_rows * tile_cols; i += blockDim.x) {
       const int r = i / tile_cols;
       const int ih = top + r, iw = i - r * tile_cols - pad;
       tile[i] = ih >= 0 && ih < g.height && iw >= 0 && iw < g.width ? source[ih * g.width + iw] : scalar_t(0);
     }
     __syncthreads();
-    if (tap < kTaps) {
-      const scalar_t* window = tile + kh * dilation * tile_cols + kw * dilation;
-      // (r, ow) of output o stepped without a division per output
-      int r = lane / g.out_width, ow = lane - r * g.out_width;
-      for (int o = lane; o < outputs; o += lanes) {
-        acc += static_cast<acc_t>(grad_rows[o]) * static_cast<acc_t>(window[r * stride * tile_cols + ow * stride]);
-        ow += lanes;
-        while (ow >= g.out_width) {
-          ow -= g.out_width;
-          ++r;
+    const int groups = padded_rows / group_rows * dilation;
+    for (int work = lane; work < groups * g.out_width; work += kLanes) {
+      const int group = work / g.out_width, ow = work - group * g.out_width;
+      const int first = group / dilation * group_rows + group % dilation;
+      acc_t grads[kPerThread];
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        grads[j] = static_cast<acc_t>(grad_rows[(first + j * dilation) * g.out_width + ow]);
+      }
+      const scalar_t* window = tile + first * stride * tile_cols + ow * stride + kw * dilation;
+#pragma unroll
+      for (int m = 0; m < kTapRows; ++m) {
+        const acc_t value = static_cast<acc_t>(window[m * dilation * tile_cols]);
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) {
+          const int kh = m - kStep * j;  // output j's tap row that reads tile row m
+          if (kh >= 0 && kh < K) acc[kh] += grads[j] * value;
         }
       }
     }
   }
-  lane_sums[threadIdx.x] = acc;
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+    acc_t v = acc[kh];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[warp][kh] = v;
+  }
   __syncthreads();
-  if (threadIdx.x < kTaps) {
+  if (threadIdx.x < K * K) {
+    const int kh = threadIdx.x / K, column = threadIdx.x % K;
     acc_t total = 0;
-    for (int l = 0; l < lanes; ++l) total += lane_sums[threadIdx.x * lanes + l];
-    partial[(static_cast<int64_t>(c) * splits + split) * kTaps + threadIdx.x] = total;
+    for (int w = column * (kLanes / 32); w < (column + 1) * (kLanes / 32); ++w) total += warp_sums[w][kh];
+    partial[(static_cast<int64_t>(c) * splits + split) * K * K + threadIdx.x] = total;
     __threadfence();  // this block's partial sums before its count
   }
   __syncthreads();
@@ -315,18 +388,18 @@ __global__ void __launch_bounds__(kThreads) depthwise_tiled_grad_weight_kernel(
   __syncthreads();
   if (!last_block) return;
   __threadfence();  // and the other splits' partial sums before reading them
-  if (threadIdx.x < kTaps) {
+  if (threadIdx.x < K * K) {
     acc_t total = 0;
-    for (int s = 0; s < splits; ++s) total += partial[(static_cast<int64_t>(c) * splits + s) * kTaps + threadIdx.x];
-    grad_weight[c * kTaps + threadIdx.x] = static_cast<scalar_t>(total);
+    for (int s = 0; s < splits; ++s) total += partial[(static_cast<int64_t>(c) * splits + s) * K * K + threadIdx.x];
+    grad_weight[c * K * K + threadIdx.x] = static_cast<scalar_t>(total);
   }
 }
 
 // How the tiled kernels cover an output: rows per block, threads, shared bytes. Not
 // possible (rows == 0) where a plane exceeds 32-bit offsets or one output row's input rows
 // do not fit the shared memory a block gets without opting in (48 KiB): the direct kernels
-// cover those. The weight gradient also stages the band's grad_out rows
-// (`with_grad_rows`) and keeps `static_bytes` of its own.
+// cover those. The weight gradient also stages the band's grad_out rows, padded to whole
+// row groups (`with_grad_rows`), and keeps `static_bytes` of its own.
 struct TilePlan {
   int rows = 0, threads = 0;
   int64_t bands = 0;
@@ -334,25 +407,32 @@ struct TilePlan {
 };
 
 TilePlan plan_tiles(int64_t planes, int64_t height, int64_t width, int64_t out_height, int64_t out_width,
-                    int64_t kernel_size, int64_t stride, int64_t max_dilation, size_t element_bytes,
-                    bool with_grad_rows = false, size_t static_bytes = 0) {
+                    int64_t kernel_size, int64_t stride, at::IntArrayRef dilations, int per_thread,
+                    size_t element_bytes, bool with_grad_rows = false, size_t static_bytes = 0) {
   TilePlan plan;
   if (planes > std::numeric_limits<int32_t>::max()) return plan;  // gridDim.x
   const size_t max_shared = device::shared_memory_per_block();
   if (static_bytes >= max_shared) return plan;
-  constexpr int64_t kBandRows = 16;  // halo rows are read twice: (K-1)*d of every band's rows
+  constexpr int64_t kBandRows = 32;  // the (K-1)*d halo rows of every band are read twice
   if (height * width > std::numeric_limits<int32_t>::max() / 2) return plan;
-  const int64_t span = (kernel_size - 1) * max_dilation + 1;
-  const int64_t tile_cols = (out_width - 1) * stride + span;
   for (int64_t rows = std::min(out_height, kBandRows); rows >= 1; rows /= 2) {
-    const int64_t elements = ((rows - 1) * stride + span) * tile_cols + (with_grad_rows ? rows * out_width : 0);
+    int64_t elements = 0;
+    for (const int64_t dilation : dilations) {
+      const int64_t tile_cols = (out_width - 1) * stride + (kernel_size - 1) * dilation + 1;
+      const int64_t tile_rows = tiled_input_rows(static_cast<int>(rows), static_cast<int>(stride),
+                                                 static_cast<int>(dilation), static_cast<int>(kernel_size), per_thread);
+      const int64_t group_rows = per_thread * dilation;
+      const int64_t grad_rows = with_grad_rows ? (rows + group_rows - 1) / group_rows * group_rows : 0;
+      elements = std::max(elements, tile_rows * tile_cols + grad_rows * out_width);
+    }
     const size_t bytes = static_cast<size_t>(elements) * element_bytes;
     if (bytes <= max_shared - static_bytes && (out_height + rows - 1) / rows <= 65535) {
       plan.rows = static_cast<int>(rows);
       plan.bands = (out_height + rows - 1) / rows;
       plan.shared_bytes = bytes;
-      // small planes: as many threads as outputs, in whole warps
-      plan.threads = static_cast<int>(std::min<int64_t>(kThreads, (rows * out_width + 31) / 32 * 32));
+      // small planes: about as many threads as work items, in whole warps
+      const int64_t items = (rows + per_thread - 1) / per_thread * out_width;
+      plan.threads = static_cast<int>(std::min<int64_t>(kThreads, (items + 31) / 32 * 32));
       return plan;
     }
   }
@@ -380,8 +460,6 @@ Dims make_dims(int64_t channels, int64_t height, int64_t width, int64_t out_heig
               channels / static_cast<int64_t>(num_dilations), stride};
 }
 
-int64_t max_dilation(at::IntArrayRef dilations) { return *std::max_element(dilations.begin(), dilations.end()); }
-
 // The tiled kernel over `in` (dims: its planes, and out's), stride 1 as a constant.
 template <typename scalar_t, int K, bool kFlip>
 void launch_tiled(const TilePlan& plan, int64_t stride, const at::Tensor& in, const scalar_t* weight,
@@ -400,8 +478,17 @@ void launch_tiled(const TilePlan& plan, int64_t stride, const at::Tensor& in, co
   if (stride == 1) {
     launch(KernelRef<&depthwise_tiled_kernel<scalar_t, K, 1, kFlip>>{});
   } else if constexpr (!kFlip) {
-    launch(KernelRef<&depthwise_tiled_kernel<scalar_t, K, 0, false>>{});
+    if (stride == 2) {
+      launch(KernelRef<&depthwise_tiled_kernel<scalar_t, K, 2, false>>{});
+    } else {
+      launch(KernelRef<&depthwise_tiled_kernel<scalar_t, K, 0, false>>{});
+    }
   }
+}
+
+// Outputs per thread of the tiled forward at this stride (constant strides 1 and 2).
+int tiled_outputs_per_thread(int64_t stride) {
+  return stride == 1 || stride == 2 ? kOutputsPerThread : 1;
 }
 
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -427,7 +514,8 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
   const int64_t blocks = grid_for(total);
   const bool wide = !int32_grid_stride_fits(std::max(x.numel(), total), blocks, kThreads);
   const TilePlan plan = plan_tiles(x.size(0) * x.size(1), x.size(2), x.size(3), out_size.first, out_size.second,
-                                   weight.size(2), stride, max_dilation(dilations), x.element_size());
+                                   weight.size(2), stride, dilations, tiled_outputs_per_thread(stride),
+                                   x.element_size());
   const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "multi_dilation_dwconv2d_cuda", [&] {
@@ -469,7 +557,8 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
   // At stride 1 the input gradient is the forward of grad_out with the taps mirrored.
   const TilePlan plan =
       stride == 1 ? plan_tiles(grad_out.size(0) * grad_out.size(1), grad_out.size(2), grad_out.size(3), input_size[2],
-                               input_size[3], weight.size(2), 1, max_dilation(dilations), grad_out.element_size())
+                               input_size[3], weight.size(2), 1, dilations, tiled_outputs_per_thread(1),
+                               grad_out.element_size())
                   : TilePlan{};
   const auto stream = device::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
@@ -518,7 +607,7 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   const TilePlan plan =
       plan_tiles(batch * channels, x.size(2), x.size(3), grad_out.size(2), grad_out.size(3), kernel_size, stride,
-                 max_dilation(dilations), x.element_size(), /*with_grad_rows=*/true,
+                 dilations, tiled_outputs_per_thread(stride), x.element_size(), /*with_grad_rows=*/true,
                  kThreads * at::elementSize(acc_type) + 16);
   if (plan.rows > 0 && batch * plan.bands <= std::numeric_limits<int32_t>::max()) {
     at::Tensor grad_weight = at::empty({channels, 1, kernel_size, kernel_size}, x.options());
@@ -529,7 +618,8 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
         const auto launch = [&](auto kernel) {
           constexpr auto kernel_pointer = decltype(kernel)::pointer;
           // enough splits of each channel's items to fill every SM
-          const int64_t resident = sms * device::max_active_blocks_per_sm(kernel_pointer, kThreads, plan.shared_bytes);
+          constexpr int threads = weight_grad_threads<K>();
+          const int64_t resident = sms * device::max_active_blocks_per_sm(kernel_pointer, threads, plan.shared_bytes);
           const int64_t splits = std::clamp<int64_t>((resident + channels - 1) / channels, 1,
                                                      std::min<int64_t>(batch * plan.bands, 65535));
           const CountedScratch<acc_t> scratch(channels, channels * splits * K * K, x.options());
@@ -538,12 +628,14 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
                                       static_cast<int>(dims.out_height), static_cast<int>(dims.out_width),
                                       static_cast<int>(stride),      plan.rows};
           const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(splits));
-          FASTNAS_LAUNCH(grid, kThreads, plan.shared_bytes, stream, kernel_pointer)(
+          FASTNAS_LAUNCH(grid, threads, plan.shared_bytes, stream, kernel_pointer)(
               grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scratch.values, scratch.counters,
               grad_weight.data_ptr<scalar_t>(), geometry, table, static_cast<int>(batch));
         };
         if (stride == 1) {
           launch(KernelRef<&depthwise_tiled_grad_weight_kernel<scalar_t, K, 1>>{});
+        } else if (stride == 2) {
+          launch(KernelRef<&depthwise_tiled_grad_weight_kernel<scalar_t, K, 2>>{});
         } else {
           launch(KernelRef<&depthwise_tiled_grad_weight_kernel<scalar_t, K, 0>>{});
         }
