@@ -8,7 +8,8 @@ Speedup = baseline time / fastnas time (above 1: fastnas is faster), median of r
 "act" is the end-to-end steps' activation memory ratio (bytes autograd saves for the
 backward, fastnas / baseline; any device). On CUDA the table also gives the share of
 measured device bandwidth that the forward of the memory-bound ops reaches, and the
-peak-memory ratio of the end-to-end steps.
+peak-memory ratio of the end-to-end steps. The per-kernel model (kernel_model.py) follows:
+each CUDA kernel's floor and estimated time on an H100, and on CUDA its measured time.
 Each row is read against the goals of the project and marked when one is missed.
 """
 
@@ -162,11 +163,18 @@ def main(argv=None) -> int:
           + (" [quick: few rounds]" if args.quick else ""))
     print("speedup = baseline time / fastnas time (median); above 1 means fastnas is faster")
     print(text)
+    import kernel_model  # beside this script
+
+    kernel_rows = kernel_model.model(measure_on_gpu=on_cuda, bandwidth=bandwidth)
+    print("\nper-kernel model (benchmarks/kernel_model.py): estimate for an H100"
+          + (", and measured here" if on_cuda else ""))
+    print(kernel_model.report(kernel_rows))
     date = datetime.datetime.now(datetime.timezone.utc)
     result = {
         "device": device, "device_name": device_name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "date": date.isoformat(timespec="seconds"), "commit": _commit(), "quick": args.quick, "complete": complete,
-        "bandwidth_bytes_per_s": bandwidth, "rows": rows, "pytest_benchmark": raw["benchmarks"],
+        "bandwidth_bytes_per_s": bandwidth, "rows": rows, "kernel_model": kernel_rows,
+        "pytest_benchmark": raw["benchmarks"],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,9 @@ if [[ $stage == tests ]]; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitized run finished" "$OUT/sanitizer-$tool.log" | tee -a "$OUT/summary-$stage.txt"
   done
 else
+  step "per-kernel model, measured" 120 kernel_model.log python3 benchmarks/kernel_model.py --measure \
+    --json "$OUT/kernel_model.json"
+  tee -a "$OUT/summary-$stage.txt" < "$OUT/kernel_model.log"
   step "benchmarks" 600 bench.log python3 benchmarks/run.py --out "$OUT" --time-limit $(($(left) - 30))
   tail -45 "$OUT/bench.log" | tee -a "$OUT/summary-$stage.txt"
 fi
