@@ -10,6 +10,7 @@
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,25 @@ PAPER_FLOOR = 84.13e6
 DEFAULT_VARIANT = {"digits": "mnist", "mnist": "mnist", "cifar10": "cifar", "cifar100": "cifar"}
 
 
+def _number(kind, low, strict, name):
+    """An argparse type: `kind` above `low` (strict) or at least `low`, else a one-line error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE_INT = _number(int, 0, True, "a positive integer")
+COUNT = _number(int, 0, False, "an integer >= 0")
+POSITIVE = _number(float, 0.0, True, "a number > 0")
+NON_NEGATIVE = _number(float, 0.0, False, "a number >= 0")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastnas", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,38 +61,38 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--download", action="store_true", help="download the dataset into --data-root")
     s.add_argument("--variant", choices=("imagenet", "cifar", "mnist"),
                    help="CANAS input variant (default: from the dataset)")
-    s.add_argument("--resize", type=int, help="upsample inputs bilinearly (224 as in seed 000)")
-    s.add_argument("--width-mult", type=float, default=1.0)
-    s.add_argument("--steps", type=int, nargs=3, metavar=("N_WARM", "N_SLOW", "N_FAST"),
+    s.add_argument("--resize", type=POSITIVE_INT, help="upsample inputs bilinearly (224 as in seed 000)")
+    s.add_argument("--width-mult", type=POSITIVE, default=1.0)
+    s.add_argument("--steps", type=COUNT, nargs=3, metavar=("N_WARM", "N_SLOW", "N_FAST"),
                    help="CAS phase lengths (default 10 20 30 on the bundled digits, 50 50 200 otherwise)")
-    s.add_argument("--period", type=int, help="CAS period T (default 10 on the digits, 50 otherwise)")
-    s.add_argument("--f-min", type=float, help="smallest target multiply-adds F_min")
-    s.add_argument("--f-max", type=float, help="largest target multiply-adds F_max")
-    s.add_argument("--alpha", type=float,
+    s.add_argument("--period", type=POSITIVE_INT, help="CAS period T (default 10 on the digits, 50 otherwise)")
+    s.add_argument("--f-min", type=POSITIVE, help="smallest target multiply-adds F_min")
+    s.add_argument("--f-max", type=POSITIVE, help="largest target multiply-adds F_max")
+    s.add_argument("--alpha", type=POSITIVE,
                    help="delta_anneal = (F_max - F_min) / (2 alpha) (default 2; 0.25 on --space nasbench201)")
     s.add_argument("--fast-lambda", type=float, default=0.8, help="lambda of the fast anneal, in (0, 1)")
-    s.add_argument("--sms-target", type=float, help="F of the SMS reward (default F_max)")
-    s.add_argument("--child-steps", type=int, help="shared-weight minibatches per step")
-    s.add_argument("--controller-steps", type=int, default=1, help="controller updates per step")
-    s.add_argument("--batch-size", type=int, help="default 128 (64 for DARTS)")
+    s.add_argument("--sms-target", type=POSITIVE, help="F of the SMS reward (default F_max)")
+    s.add_argument("--child-steps", type=POSITIVE_INT, help="shared-weight minibatches per step")
+    s.add_argument("--controller-steps", type=POSITIVE_INT, default=1, help="controller updates per step")
+    s.add_argument("--batch-size", type=POSITIVE_INT, help="default 128 (64 for DARTS)")
     c = s.add_argument_group("ENAS chain space (--space enas_chain, seed 003)")
-    c.add_argument("--chain-channels", type=int, default=32)
-    c.add_argument("--final-samples", type=int, default=10,
+    c.add_argument("--chain-channels", type=POSITIVE_INT, default=32)
+    c.add_argument("--final-samples", type=POSITIVE_INT, default=10,
                    help="after the search, sample m architectures, keep the best on validation, fine-tune it")
-    c.add_argument("--finetune-epochs", type=int, default=2)
+    c.add_argument("--finetune-epochs", type=COUNT, default=2)
     d = s.add_argument_group("DARTS (--strategy darts / darts-multilevel)")
-    d.add_argument("--epochs", type=int, help="search epochs (default 3 on the digits, 50 otherwise)")
-    d.add_argument("--steps-per-epoch", type=int, help="default: one pass over S_train (10 on the digits)")
-    d.add_argument("--channels", type=int, help="initial channels C (default 8 on the digits, 16 otherwise)")
-    d.add_argument("--layers", type=int, help="cells (default 5 on the digits, 8 otherwise)")
-    d.add_argument("--gamma", type=float, help="weight of the architecture entropy (default 1 multi-level, 0 darts)")
+    d.add_argument("--epochs", type=POSITIVE_INT, help="search epochs (default 3 on the digits, 50 otherwise)")
+    d.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="default: one pass over S_train (10 on the digits)")
+    d.add_argument("--channels", type=POSITIVE_INT, help="initial channels C (default 8 on the digits, 16 otherwise)")
+    d.add_argument("--layers", type=POSITIVE_INT, help="cells (default 5 on the digits, 8 otherwise)")
+    d.add_argument("--gamma", type=NON_NEGATIVE, help="weight of the architecture entropy (default 1 multi-level, 0 darts)")
     d.add_argument("--second-order", action="store_true", help="unrolled second-order DARTS")
     s.add_argument("--benchmark", help="NAS-Bench-201 table (CSV) for --space nasbench201")
     s.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10")
-    s.add_argument("--budget", type=int, default=500, help="distinct queries of the tabular oracle")
-    s.add_argument("--repeats", type=int, default=1,
+    s.add_argument("--budget", type=POSITIVE_INT, default=500, help="distinct queries of the tabular oracle")
+    s.add_argument("--repeats", type=POSITIVE_INT, default=1,
                    help="tabular oracle: run each strategy with seeds SEED..SEED+R-1 and report mean and spread")
-    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     s.add_argument("--out", default="runs/search", help="output directory")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -84,13 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
     t.add_argument("--data-root")
     t.add_argument("--download", action="store_true")
-    t.add_argument("--resize", type=int)
-    t.add_argument("--epochs", type=int, help="default 300 (CANAS protocol) or 600 (DARTS protocol)")
-    t.add_argument("--lr", type=float, help="default 0.02 (CANAS) or 0.025 (DARTS)")
-    t.add_argument("--batch-size", type=int, help="default 128 (CANAS) or 96 (DARTS)")
-    t.add_argument("--channels", type=int, default=36, help="C of a DARTS evaluation network")
-    t.add_argument("--layers", type=int, default=20, help="cells of a DARTS evaluation network")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--resize", type=POSITIVE_INT)
+    t.add_argument("--epochs", type=POSITIVE_INT, help="default 300 (CANAS protocol) or 600 (DARTS protocol)")
+    t.add_argument("--lr", type=POSITIVE, help="default 0.02 (CANAS) or 0.025 (DARTS)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, help="default 128 (CANAS) or 96 (DARTS)")
+    t.add_argument("--channels", type=POSITIVE_INT, default=36, help="C of a DARTS evaluation network")
+    t.add_argument("--layers", type=POSITIVE_INT, default=20, help="cells of a DARTS evaluation network")
+    t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
@@ -99,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", help="model.pt written by fastnas train (default: untrained weights)")
     e.add_argument("--dataset", choices=data_module.DATASETS, default="digits",
                    help="sets the input shape and number of classes")
-    e.add_argument("--channels", type=int, default=36)
-    e.add_argument("--layers", type=int, default=20)
+    e.add_argument("--channels", type=POSITIVE_INT, default=36)
+    e.add_argument("--layers", type=POSITIVE_INT, default=20)
+    e.add_argument("--device", help="device the network is traced on (default: cuda when available)")
     e.add_argument("--out", default="runs/model.onnx")
     return parser
 
@@ -110,24 +131,37 @@ INPUT_SHAPES = {"digits": (1, 28, 10), "mnist": (1, 28, 10), "cifar10": (3, 32, 
 
 def _export(args) -> int:
     from fastnas.export import export_onnx
-    from fastnas.train import load_model_spec
+    from fastnas.train import load_model_spec, load_weights
 
+    device = _device(args.device)
     spec = load_model_spec(args.arch, args.channels, args.layers)
     channels, size, classes = INPUT_SHAPES[args.dataset]
     model = spec.build(classes, channels)
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(load_weights(args.weights, model))
     out = Path(args.out)
     _writable(str(out.parent))
-    export_onnx(model, torch.zeros(1, channels, size, size), out)
-    print(f"exported {spec.description.splitlines()[0]} to {out} (plain torch.nn ops, dynamic batch)")
+    export_onnx(model.to(device), torch.zeros(1, channels, size, size, device=device), out)
+    print(f"exported {spec.description.splitlines()[0]} to {out} (plain torch.nn ops, dynamic batch; "
+          f"traced on {device})")
     return 0
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
+def _device(name: str | None) -> torch.device:
+    """--device, defaulting to CUDA where there is a GPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: fastnas runs on cpu or cuda; use one of them")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -277,8 +311,6 @@ def _search_tabular(args) -> int:
     strategy_choice = args.strategy or "cas"
     if strategy_choice in DARTS_STRATEGIES:
         raise ValueError("--space nasbench201 runs the REINFORCE strategies and random search, not DARTS")
-    if args.budget < 1 or args.repeats < 1:
-        raise ValueError(f"--budget and --repeats must be >= 1, got {args.budget} and {args.repeats}")
     out = _writable(args.out)
     benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
     overrides = {field: value for field, value in (("f_min", args.f_min), ("f_max", args.f_max),
@@ -316,7 +348,8 @@ def _train(args) -> int:
     config = TrainConfig(resize=args.resize, seed=args.seed, **options)
     splits = data_module.load(args.dataset, args.data_root, args.download)
     model = spec.build(splits.num_classes, splits.in_channels)
-    print(f"fastnas train: {spec.description}\non {args.dataset} for {config.epochs} epochs", flush=True)
+    print(f"fastnas train: {spec.description}\non {args.dataset} for {config.epochs} epochs, device {device}",
+          flush=True)
     with _progress(config.epochs, 0, args.quiet) as bar:
         def on_epoch(entry):
             bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.4f}", refresh=False)
@@ -345,6 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"fastnas: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fastnas: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a one-line report, not a traceback; FASTNAS_DEBUG=1 shows it
+        if os.environ.get("FASTNAS_DEBUG"):
+            raise
+        print(f"fastnas: error: {type(error).__name__}: {error} (FASTNAS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -61,7 +61,10 @@ def load_model_spec(path: str | Path, darts_channels: int = 36, darts_layers: in
     except json.JSONDecodeError as error:
         raise ValueError(f"--arch: {path} is not JSON ({error})") from None
     if isinstance(content, dict) and "cells" in content:
-        genotype = Genotype.from_json(text)
+        try:
+            genotype = Genotype.from_json(text)
+        except ValueError as error:
+            raise ValueError(f"--arch: {path} is not a genotype.json from fastnas search ({error})") from None
         return ModelSpec(
             f"DARTS network (C={darts_channels}, {darts_layers} cells, auxiliary head) of\n{genotype}",
             lambda classes, channels: NetworkCIFAR(darts_channels, classes, darts_layers, True, genotype,
@@ -70,6 +73,27 @@ def load_model_spec(path: str | Path, darts_channels: int = 36, darts_layers: in
         )
     space, arch = load_architecture(path)
     return ModelSpec(f"{space.name} network {space.encode(arch)}", lambda classes, channels: space.build(arch), False)
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> dict:
+    """The state dict in a model.pt written by ``fastnas train``, checked against `model`."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--weights: {path} does not exist; pass the model.pt fastnas train wrote") from None
+    except Exception as error:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... on other files
+        raise ValueError(f"--weights: {path} is not a checkpoint written by fastnas train "
+                         f"({type(error).__name__})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"--weights: {path} has no 'state_dict'; pass the model.pt fastnas train wrote")
+    expected = model.state_dict()
+    mismatched = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+    if mismatched or len(state) != len(expected):
+        raise ValueError(f"--weights: {path} holds the weights of another network ({len(mismatched)} of "
+                         f"{len(expected)} tensors missing or shaped differently, e.g. {mismatched[:1]}); pass the "
+                         f"model.pt trained from this --arch (and the same --channels/--layers/--dataset)")
+    return state
 
 
 def space_from_spec(spec: dict):
@@ -90,7 +114,7 @@ def load_architecture(path: str | Path):
         return space, space.validate(chosen["arch"])
     except FileNotFoundError:
         raise FileNotFoundError(f"--arch: {path} does not exist; pass the chosen.json a search wrote") from None
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
         raise ValueError(f"--arch: {path} is not a chosen.json from fastnas search ({error})") from None
 
 

@@ -207,7 +207,7 @@ class Genotype:
             data = json.loads(text)
             cells = {k: tuple((str(op), int(node)) for op, node in v) for k, v in data["cells"].items()}
             return cls(cells, tuple(data.get("concat", (2, 3, 4, 5))))
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as error:
             raise ValueError(f"malformed genotype JSON: {error}") from None
 
     def __str__(self) -> str:
