@@ -1,5 +1,7 @@
 """Search results a person can read: the table of sampled architectures (JSON and CSV),
-its accuracy/FLOPs Pareto front, a plot, the chosen architecture and a summary."""
+its accuracy/FLOPs Pareto front, a plot, the chosen architecture and a summary. The
+architectures carry the accuracies of the final shared weights (WeightSharingSearch.
+final_scores), so the front compares architectures, not moments of the training."""
 
 import csv
 import json
@@ -7,8 +9,8 @@ from pathlib import Path
 
 from fastnas.search.pareto import pareto_front
 
-COLUMNS = ("step", "phase", "target_flops", "flops", "params", "acc_valid", "acc_test", "reward", "train_loss",
-           "encoding", "arch")
+COLUMNS = ("step", "phase", "target_flops", "flops", "params", "acc_valid", "acc_test", "acc_valid_when_sampled",
+           "reward", "train_loss", "encoding", "arch")
 
 
 def choose(records: list[dict], f_min: float | None = None, f_max: float | None = None) -> dict:
@@ -21,24 +23,25 @@ def choose(records: list[dict], f_min: float | None = None, f_max: float | None 
     return max(pool, key=lambda r: (r["acc_valid"], -r["flops"]))
 
 
-def write_results(out_dir: str | Path, records: list[dict], config: dict, space_spec: dict,
+def write_results(out_dir: str | Path, records: list[dict], scored: list[dict], config: dict, space_spec: dict,
                   f_range: tuple[float, float] | None) -> dict:
-    """Writes results.json, results.csv, pareto.json, pareto.png and chosen.json;
-    returns the chosen record."""
+    """Writes results.json (the search's records and the scored architectures), results.csv
+    (the architectures), pareto.json, pareto.png and chosen.json; returns the chosen one."""
     out = Path(out_dir)
-    front_idx = pareto_front([r["flops"] for r in records], [r["acc_valid"] for r in records])
-    front = [records[i] for i in front_idx]
-    chosen = choose(records, *(f_range or (None, None)))
+    front_idx = pareto_front([r["flops"] for r in scored], [r["acc_valid"] for r in scored])
+    front = [scored[i] for i in front_idx]
+    chosen = choose(scored, *(f_range or (None, None)))
     (out / "results.json").write_text(json.dumps(
-        {"config": config, "space": space_spec, "records": records, "pareto_front": front, "chosen": chosen}, indent=1))
+        {"config": config, "space": space_spec, "records": records, "architectures": scored, "pareto_front": front,
+         "chosen": chosen}, indent=1))
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for r in records:
+        for r in scored:
             writer.writerow({**r, "arch": " ".join(map(str, r["arch"]))})
     (out / "pareto.json").write_text(json.dumps(front, indent=1))
     (out / "chosen.json").write_text(json.dumps({"space": space_spec, **chosen}, indent=1))
-    plot(records, front, chosen, out / "pareto.png", f_range)
+    plot(scored, front, chosen, out / "pareto.png", f_range)
     return chosen
 
 
@@ -58,10 +61,10 @@ def plot(records, front, chosen, path: Path, f_range=None) -> None:
                edgecolor="black", zorder=5, label="chosen")
     if f_range:
         ax.axvspan(f_range[0] / 1e6, f_range[1] / 1e6, color="grey", alpha=0.12, label="[F_min, F_max]")
-    fig.colorbar(scatter, ax=ax, label="search step")
+    fig.colorbar(scatter, ax=ax, label="search step first sampled")
     ax.set_xlabel("multiply-adds (M)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("accuracy vs FLOPs of every sampled architecture")
+    ax.set_title("sampled architectures, scored with the final shared weights")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -70,9 +73,12 @@ def plot(records, front, chosen, path: Path, f_range=None) -> None:
 
 
 def summary(records: list[dict], chosen: dict, out_dir: str | Path) -> str:
+    """`records`: the scored architectures."""
     front = pareto_front([r["flops"] for r in records], [r["acc_valid"] for r in records])
     lines = [
-        f"{len(records)} architectures sampled, {len(front)} on the accuracy/FLOPs Pareto front:",
+        f"{len(records)} distinct architectures sampled, {len(front)} on the accuracy/FLOPs Pareto front",
+        "(accuracies: each architecture on the final shared weights, validation and test images; trained",
+        " alone with fastnas train a network does better):",
         f"  {'MACs':>9}  {'params':>8}  {'valid':>6}  {'test':>6}  architecture",
     ]
     for i in front:

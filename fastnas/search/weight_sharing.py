@@ -216,6 +216,25 @@ class WeightSharingSearch:
             "reward": reward,
         }
 
+    def final_scores(self) -> list[dict]:
+        """Every distinct architecture of the records scored again with the final shared
+        weights, in the order first sampled: accuracies comparable across architectures,
+        where each record's own were taken mid-training (as acc_valid_when_sampled)."""
+        size, batches = self.config.batch_size, self.config.eval_batches
+        first = {}
+        for record in self.records:
+            first.setdefault(tuple(record["arch"]), record)
+        scored = []
+        for arch, record in first.items():
+            valid = data_module.iterate(self.splits.valid, self.splits.name, size, self.device, self.config.resize,
+                                        batches)
+            test = data_module.iterate(self.splits.test, self.splits.name, size, self.device, self.config.resize,
+                                       batches)
+            scored.append({**record, "acc_valid_when_sampled": record["acc_valid"],
+                           "acc_valid": path_accuracy(self.supernet, arch, valid),
+                           "acc_test": path_accuracy(self.supernet, arch, test)})
+        return scored
+
     def select_and_finetune(self, samples: int, train_config) -> dict:
         """Seed 003's last step: sample ``samples`` architectures from the trained
         controller, keep the best on the validation split, and fine-tune it (starting
