@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fastnas import data as data_module
+from fastnas.precision import AMP_DTYPES
 from fastnas.search.policies import STRATEGIES
 DARTS_STRATEGIES = ("darts", "darts-multilevel")
 from fastnas.search.rewards import CasSchedule
@@ -45,6 +46,21 @@ POSITIVE_INT = _number(int, 0, True, "a positive integer")
 COUNT = _number(int, 0, False, "an integer >= 0")
 POSITIVE = _number(float, 0.0, True, "a number > 0")
 NON_NEGATIVE = _number(float, 0.0, False, "a number >= 0")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES),
+                        help="mixed precision: forward passes under torch.autocast in this dtype (CUDA; on the CPU "
+                             "torch's convolutions run in it and the fastnas ops in float32)")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="log losses, rewards, FLOPs, accuracies and architecture probabilities for "
+                             "TensorBoard (tensorboard --logdir DIR)")
+
+
+def _tensorboard(args):
+    from fastnas.tensorboard import TensorBoardLog
+
+    return TensorBoardLog(_writable(args.tensorboard)) if args.tensorboard else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=POSITIVE_INT, default=1,
                    help="tabular oracle: run each strategy with seeds SEED..SEED+R-1 and report mean and spread")
     s.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_run_options(s)
     s.add_argument("--out", default="runs/search", help="output directory")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -111,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channels", type=POSITIVE_INT, default=36, help="C of a DARTS evaluation network")
     t.add_argument("--layers", type=POSITIVE_INT, default=20, help="cells of a DARTS evaluation network")
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_run_options(t)
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
@@ -226,6 +244,7 @@ def _search_weight_sharing(args) -> int:
         # the digits demo: shared weights trained far enough in 2 minutes that the front
         # ranks architectures (top of the front 92 % on seeds 1 and 2, 56 % at 10 steps of lr 0.05)
         child_lr=0.1 if demo else SearchConfig.child_lr, eval_batches=8 if demo else SearchConfig.eval_batches,
+        amp=args.amp,
     )
     if not args.resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
@@ -238,15 +257,20 @@ def _search_weight_sharing(args) -> int:
     print(f"fastnas search: {strategy} over {description} on {args.dataset}, F in [{f_min / 1e6:.2f}M, "
           f"{f_max / 1e6:.2f}M], {schedule.total_steps} steps, device {device}, output {out}", flush=True)
     best = max((r["acc_valid"] for r in search.records), default=0.0)
+    board = _tensorboard(args)
     with _progress(schedule.total_steps, search.step, args.quiet) as bar:
         def on_step(record):
             nonlocal best
             best = max(best, record["acc_valid"])
+            if board:
+                board.search_step(record, search.policy.choice_probabilities())
             bar.set_postfix(phase=record["phase"], F=f"{record['target_flops'] / 1e6:.2f}M",
                             reward=f"{record['reward']:.3f}", best=f"{100 * best:.1f}%", refresh=False)
             bar.update(1)
 
         records = search.run(on_step)
+    if board:
+        board.close()
     scored = search.final_scores()
     chosen = report.write_results(out, records, scored, config.to_dict(), space_spec, (f_min, f_max))
     print(report.summary(scored, chosen, out))
@@ -265,6 +289,7 @@ def _search_weight_sharing(args) -> int:
 def _search_darts(args) -> int:
     from fastnas.search import report
     from fastnas.search.darts import DartsConfig, DartsSearch
+    from fastnas.spaces.darts import PRIMITIVES
 
     device = _device(args.device)
     out = _writable(args.out)
@@ -279,7 +304,7 @@ def _search_darts(args) -> int:
         steps_per_epoch=args.steps_per_epoch or (10 if demo else None),
         batch_size=args.batch_size or 64,
         gamma=args.gamma if args.gamma is not None else (1.0 if multilevel else 0.0),
-        second_order=args.second_order, seed=args.seed,
+        second_order=args.second_order, amp=args.amp, seed=args.seed,
     )
     config.validate()
     splits = data_module.load(args.dataset, args.data_root, args.download)
@@ -289,17 +314,24 @@ def _search_darts(args) -> int:
     print(f"fastnas search: {'multi-level ' if multilevel else ''}DARTS ({'second' if config.second_order else 'first'}"
           f" order, gamma={config.gamma}) on {args.dataset}: {config.layers} cells, C={config.channels}, "
           f"{config.epochs} epochs x {search.steps_per_epoch} steps, device {device}, output {out}", flush=True)
+    board = _tensorboard(args)
     with _progress(config.epochs * search.steps_per_epoch, search.epoch * search.steps_per_epoch, args.quiet) as bar:
         def on_step(i, loss):
             bar.set_postfix(epoch=search.epoch + 1, loss=f"{loss:.3f}", refresh=False)
             bar.update(1)
+            if board:
+                board.darts_step(search.epoch * search.steps_per_epoch + i, loss)
 
         def on_epoch(record):
+            if board:
+                board.darts_epoch(record, dict(search.model.alphas), PRIMITIVES)
             skips = " ".join(f"{k}={v}" for k, v in record["skip_connect"].items())
             bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.3f}, supernet accuracy "
                       f"{100 * record['supernet_accuracy']:.1f}%, entropy {record['entropy']:.2f}, skip_connect {skips}")
 
         genotype = search.run(on_step, on_epoch)
+    if board:
+        board.close()
     report.write_darts_results(out, search.history, genotype, config.to_dict())
     print(f"derived genotype:\n{genotype}\nresults in {out}: genotype.json, history.json/.csv, curves.png, cells.png "
           f"(train it: fastnas train --arch {out / 'genotype.json'})")
@@ -349,17 +381,23 @@ def _train(args) -> int:
     options = dict(DARTS_TRAIN) if spec.is_genotype else {}
     options.update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
                     if v is not None})
-    config = TrainConfig(resize=args.resize, seed=args.seed, **options)
+    config = TrainConfig(resize=args.resize, amp=args.amp, seed=args.seed, **options)
     splits = data_module.load(args.dataset, args.data_root, args.download)
     model = spec.build(splits.num_classes, splits.in_channels)
     print(f"fastnas train: {spec.description}\non {args.dataset} for {config.epochs} epochs, device {device}",
           flush=True)
     with _progress(config.epochs, 0, args.quiet) as bar:
+        board = _tensorboard(args)
+
         def on_epoch(entry):
             bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.4f}", refresh=False)
             bar.update(1)
+            if board:
+                board.train_epoch(entry)
 
         result = train_network(model, splits, config, device, on_epoch)
+        if board:
+            board.close()
     torch.save({"arch": str(args.arch), "state_dict": model.state_dict()}, out / "model.pt")
     (out / "train.json").write_text(json.dumps({"arch": str(args.arch), **result}, indent=1))
     print(f"test accuracy {100 * result['test_accuracy']:.2f}%, {result['flops'] / 1e6:.2f}M MACs, "

@@ -13,6 +13,7 @@ from torch import nn
 
 from fastnas import data as data_module
 from fastnas.flops import count
+from fastnas.precision import autocast
 from fastnas.spaces.canas import CanasSpace
 from fastnas.spaces.darts import Genotype, NetworkCIFAR
 from fastnas.spaces.enas_chain import EnasChainSpace
@@ -32,6 +33,7 @@ class TrainConfig:
     drop_path_prob: float = 0.0  # raised linearly to this over training (DARTS networks)
     cutout: int = 0  # side of the cutout square, 0 = off
     grad_clip: float | None = None
+    amp: str | None = None  # "bf16": forward passes under torch.autocast (fastnas.precision)
     seed: int = 0
 
 
@@ -130,10 +132,10 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
 
 def evaluate(model: nn.Module, split: data_module.ImageSplit, dataset: str, device, resize=None,
-             batch_size: int = 256) -> float:
+             batch_size: int = 256, amp: str | None = None) -> float:
     model.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, amp):
         for x, y in data_module.iterate(split, dataset, batch_size, device, resize):
             correct += int((model(x).argmax(1) == y).sum())
     return correct / len(split)
@@ -169,11 +171,12 @@ def train_network(model: nn.Module, splits: data_module.DataSplits, config: Trai
             x, y = loader.next()
             if config.cutout:
                 x = cutout(x, config.cutout, loader.generator)
-            out = model(x)
-            if isinstance(out, tuple):  # (logits, auxiliary logits)
-                loss = F.cross_entropy(out[0], y) + config.auxiliary_weight * F.cross_entropy(out[1], y)
-            else:
-                loss = F.cross_entropy(out, y)
+            with autocast(device, config.amp):
+                out = model(x)
+                if isinstance(out, tuple):  # (logits, auxiliary logits)
+                    loss = F.cross_entropy(out[0], y) + config.auxiliary_weight * F.cross_entropy(out[1], y)
+                else:
+                    loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -188,7 +191,7 @@ def train_network(model: nn.Module, splits: data_module.DataSplits, config: Trai
     size = config.resize or splits.image_size
     counts = count(model, torch.zeros(1, splits.in_channels, size, size, device=device))
     return {
-        "test_accuracy": evaluate(model, splits.test, splits.name, device, config.resize),
+        "test_accuracy": evaluate(model, splits.test, splits.name, device, config.resize, amp=config.amp),
         "flops": counts.macs,
         "params": counts.params,
         "history": history,

@@ -1,4 +1,8 @@
-"""Bad input to every command ends in one line naming what is wrong, never a traceback."""
+"""The CLI: bad input to every command ends in one line naming what is wrong, never a
+traceback; mixed precision and TensorBoard logging."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +84,46 @@ def test_default_device_is_cuda_when_present(monkeypatch):
     assert cli._device(None) == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli._device(None) == torch.device("cpu")
+
+
+def _scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list(Path(log_dir).rglob("events.out.tfevents.*"))) == 1  # one run, one file
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_search_and_train_with_amp_and_tensorboard(tmp_path, capsys):
+    """--amp bf16 runs on the CPU too (torch's convolutions in bfloat16, the fastnas ops in
+    float32); --tensorboard logs every step's loss, reward, FLOPs, accuracies and the
+    controller's probabilities, and every training epoch."""
+    pytest.importorskip("tensorboard")
+    out, board = tmp_path / "search", tmp_path / "board"
+    assert cli.main(["search", "--out", str(out), "--steps", "1", "1", "1", "--period", "2", "--child-steps", "2",
+                     "--batch-size", "16", "--quiet", "--amp", "bf16", "--tensorboard", str(board)]) == 0
+    scalars = _scalars(board)
+    for tag in ("loss/train", "reward/mean", "flops/sampled_M", "flops/target_M", "accuracy/valid"):
+        assert len(scalars[tag]) == 3, tag
+    decision = [tag for tag in scalars if tag.startswith("controller/decision_0/")]
+    assert len(decision) == 8  # one curve per choice of the first layer
+    assert sum(scalars[tag][0] for tag in decision) == pytest.approx(1.0, abs=1e-5)
+    assert json.loads((out / "results.json").read_text())["config"]["amp"] == "bf16"
+    assert cli.main(["train", "--arch", str(out / "chosen.json"), "--epochs", "2", "--batch-size", "64", "--quiet",
+                     "--amp", "bf16", "--out", str(tmp_path / "train"), "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert len(_scalars(tmp_path / "tb")["loss/train"]) == 2
+    assert "device cpu" in capsys.readouterr().out
+
+
+def test_darts_logs_its_architecture_weights(tmp_path):
+    pytest.importorskip("tensorboard")
+    board = tmp_path / "board"
+    assert cli.main(["search", "--strategy", "darts", "--out", str(tmp_path / "darts"), "--epochs", "1",
+                     "--steps-per-epoch", "2", "--channels", "4", "--layers", "3", "--batch-size", "8", "--quiet",
+                     "--tensorboard", str(board)]) == 0
+    scalars = _scalars(board)
+    assert len(scalars["loss/train"]) == 2 and len(scalars["accuracy/supernet"]) == 1
+    edge = [tag for tag in scalars if tag.startswith("alphas/normal/edge_0/")]
+    assert len(edge) == 8  # one curve per op
+    assert sum(scalars[tag][0] for tag in edge) == pytest.approx(1.0, abs=1e-5)

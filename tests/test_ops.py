@@ -787,3 +787,34 @@ def test_device_mismatch_is_reported():
     x = torch.randn(2, 4, 4, 4, device="cuda")
     with pytest.raises(RuntimeError, match=r"weight is on cpu but x is on cuda"):
         ops.multi_dilation_dwconv2d(x, torch.randn(4, 1, 3, 3), (1, 2))
+
+
+# ---- autocast ------------------------------------------------------------------------
+def test_ops_under_autocast(device):
+    """Under torch.autocast(bfloat16) the convolution-like ops take bfloat16 activations and
+    float32 weights (CUDA: computed in bfloat16; CPU: in float32, the CPU kernels' type), and
+    the weighted sums take candidates of mixed dtypes (promoted to the widest)."""
+    lower = torch.bfloat16 if device.type == "cuda" else torch.float32
+    x = torch.randn(2, 8, 6, 5, device=device)
+    conv = torch.nn.Conv2d(8, 8, 1).to(device)
+    w_dw = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
+    w_pw = torch.randn(8, 4, 1, 1, device=device, requires_grad=True)
+    weights = torch.tensor([0.3, 0.7], device=device, requires_grad=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        y = conv(x)
+        assert y.dtype == torch.bfloat16
+        dw = ops.multi_dilation_dwconv2d(y, w_dw, (1, 2))
+        pw = ops.shuffle_gconv1x1(y, w_pw, None, 2, 2)
+        mixed = ops.mixed_op([dw, x], weights)
+    assert dw.dtype == lower and pw.dtype == lower
+    assert mixed.dtype == torch.float32  # bfloat16/float32 candidates promote to float32
+    y32 = y.detach().float()
+    tolerance = dict(rtol=2e-2, atol=5e-2) if lower == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dw.float(), reference.multi_dilation_dwconv2d(y32, w_dw.detach(), (1, 2)),
+                               **tolerance)
+    torch.testing.assert_close(pw.float(), reference.shuffle_gconv1x1(y32, w_pw.detach(), None, 2, 2),
+                               **tolerance)
+    torch.testing.assert_close(mixed, reference.mixed_op([dw.float(), x], weights.detach()), **tolerance)
+    mixed.sum().backward()
+    assert w_dw.grad.dtype == torch.float32 and weights.grad.dtype == torch.float32
+    assert torch.isfinite(w_dw.grad).all() and torch.isfinite(weights.grad).all()

@@ -71,12 +71,20 @@ class LSTMController(nn.Module):
     @torch.no_grad()
     def most_likely(self) -> tuple[int, ...]:
         """Greedy decoding: the most probable choice at every step."""
+        return self.greedy()[0]
+
+    @torch.no_grad()
+    def greedy(self) -> tuple[tuple[int, ...], list[list[float]]]:
+        """Greedy decoding, and at every step the probabilities of its choices (given the
+        greedy choices before it); draws no random numbers."""
         inputs = self.start
         state = None
-        arch = []
+        arch, probabilities = [], []
         for n in self.decisions:
             state = self.cell(inputs, state)
-            choice = self._logits(state[0], n).argmax(dim=-1)
+            logits = self._logits(state[0], n)
+            probabilities.append(torch.softmax(logits, dim=-1)[0].tolist())
+            choice = logits.argmax(dim=-1)
             arch.append(int(choice))
             inputs = self.embeddings[str(n)](choice)
-        return tuple(arch)
+        return tuple(arch), probabilities

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
+from fastnas.precision import autocast
 from fastnas.search.checkpoint import atomic_save, load_checked
 from fastnas.spaces.darts import DartsSupernet, Genotype, skip_counts
 
@@ -46,6 +47,7 @@ class DartsConfig:
     gamma: float = 1.0
     second_order: bool = False
     eval_batches: int = 4
+    amp: str | None = None  # "bf16": forward passes under torch.autocast (fastnas.precision)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -148,6 +150,10 @@ class DartsSearch:
 
     def step(self) -> tuple[float, float]:
         """One architecture update on S_val and one weight update on S_train."""
+        with autocast(self.device, self.config.amp):
+            return self._step()
+
+    def _step(self) -> tuple[float, float]:
         self.model.train()
         x_train, y_train = self.train_loader.next()
         x_val, y_val = self.val_loader.next()
@@ -172,7 +178,9 @@ class DartsSearch:
         correct = total = 0
         for x, y in data_module.iterate(self.splits.valid, self.splits.name, self.config.batch_size, self.device,
                                         max_batches=self.config.eval_batches):
-            correct += int((self.model(x).argmax(1) == y).sum())
+            with autocast(self.device, self.config.amp):
+                logits = self.model(x)
+            correct += int((logits.argmax(1) == y).sum())
             total += len(y)
         return correct / max(1, total)
 

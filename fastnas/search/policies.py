@@ -76,6 +76,10 @@ class ReinforcePolicy:
     def sample(self, n: int):
         return self.controller(n, generator=self.generator)
 
+    def choice_probabilities(self) -> list[list[float]]:
+        """Per decision, the controller's probabilities along its most likely architecture."""
+        return self.controller.greedy()[1]
+
     def update(self, sample, rewards: Sequence[float]) -> PolicyUpdate:
         rewards_t = torch.tensor(list(rewards), dtype=torch.float32)
         rewards_t = rewards_t + self.entropy_weight * sample.entropy.detach()
@@ -115,6 +119,9 @@ class RandomPolicy:
         self.decisions = tuple(decisions)
         self.generator = torch.Generator().manual_seed(seed)
         self.baseline = None
+
+    def choice_probabilities(self) -> list[list[float]]:
+        return [[1.0 / k] * k for k in self.decisions]
 
     def sample(self, n: int) -> RandomSample:
         columns = [torch.randint(k, (n,), generator=self.generator) for k in self.decisions]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
+from fastnas.precision import autocast
 from fastnas.search.checkpoint import atomic_save, load_checked
 from fastnas.search.policies import RewardFunction, make_policy
 from fastnas.search.rewards import CasSchedule
@@ -54,6 +55,7 @@ class SearchConfig:
     grad_clip: float = 5.0
     eval_batches: int = 4  # batches of each of the validation and test splits per record
     chain_channels: int = 32  # enas_chain only
+    amp: str | None = None  # "bf16": forward passes under torch.autocast (fastnas.precision)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -222,6 +224,7 @@ class WeightSharingSearch:
         where each record's own were taken mid-training (as acc_valid_when_sampled)."""
         size, batches = self.config.batch_size, self.config.eval_batches
         first = {}
+        precision = autocast(self.device, self.config.amp)
         for record in self.records:
             first.setdefault(tuple(record["arch"]), record)
         scored = []
@@ -230,9 +233,10 @@ class WeightSharingSearch:
                                         batches)
             test = data_module.iterate(self.splits.test, self.splits.name, size, self.device, self.config.resize,
                                        batches)
-            scored.append({**record, "acc_valid_when_sampled": record["acc_valid"],
-                           "acc_valid": path_accuracy(self.supernet, arch, valid),
-                           "acc_test": path_accuracy(self.supernet, arch, test)})
+            with precision:
+                scored.append({**record, "acc_valid_when_sampled": record["acc_valid"],
+                               "acc_valid": path_accuracy(self.supernet, arch, valid),
+                               "acc_test": path_accuracy(self.supernet, arch, test)})
         return scored
 
     def select_and_finetune(self, samples: int, train_config) -> dict:
@@ -263,9 +267,10 @@ class WeightSharingSearch:
         total = self.config.schedule.total_steps
         with (self.out_dir / RECORDS).open("a") as log:
             while self.step < total:
-                loss = self._train_shared_weights()
-                reward = self._train_controller()
-                record = self._record(loss, reward)
+                with autocast(self.device, self.config.amp):
+                    loss = self._train_shared_weights()
+                    reward = self._train_controller()
+                    record = self._record(loss, reward)
                 self.records.append(record)
                 self.step += 1
                 self.save()
