@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channels", type=POSITIVE_INT, default=36, help="C of a DARTS evaluation network")
     t.add_argument("--layers", type=POSITIVE_INT, default=20, help="cells of a DARTS evaluation network")
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: batch-norm statistics over the global batch (all ranks)")
     _add_run_options(t)
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
@@ -373,9 +375,11 @@ def _search_tabular(args) -> int:
 
 
 def _train(args) -> int:
+    from fastnas.distributed import DistributedContext, sync_batch_norm
     from fastnas.train import DARTS_TRAIN, TrainConfig, load_model_spec, train_network
 
-    device = _device(args.device)
+    distributed = DistributedContext.from_environment(_device(args.device))
+    device = distributed.device
     out = _writable(args.out)
     spec = load_model_spec(args.arch, args.channels, args.layers)
     options = dict(DARTS_TRAIN) if spec.is_genotype else {}
@@ -384,10 +388,14 @@ def _train(args) -> int:
     config = TrainConfig(resize=args.resize, amp=args.amp, seed=args.seed, **options)
     splits = data_module.load(args.dataset, args.data_root, args.download)
     model = spec.build(splits.num_classes, splits.in_channels)
-    print(f"fastnas train: {spec.description}\non {args.dataset} for {config.epochs} epochs, device {device}",
-          flush=True)
-    with _progress(config.epochs, 0, args.quiet) as bar:
-        board = _tensorboard(args)
+    if args.sync_bn:
+        sync_batch_norm(model)
+    say = print if distributed.is_main else (lambda *a, **k: None)
+    processes = f", {distributed.world_size} processes (global batch {config.batch_size})" if distributed.active else ""
+    say(f"fastnas train: {spec.description}\non {args.dataset} for {config.epochs} epochs, device {device}{processes}",
+        flush=True)
+    with _progress(config.epochs, 0, args.quiet or not distributed.is_main) as bar:
+        board = _tensorboard(args) if distributed.is_main else None
 
         def on_epoch(entry):
             bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.4f}", refresh=False)
@@ -395,13 +403,14 @@ def _train(args) -> int:
             if board:
                 board.train_epoch(entry)
 
-        result = train_network(model, splits, config, device, on_epoch)
+        result = train_network(model, splits, config, device, on_epoch, distributed)
         if board:
             board.close()
-    torch.save({"arch": str(args.arch), "state_dict": model.state_dict()}, out / "model.pt")
-    (out / "train.json").write_text(json.dumps({"arch": str(args.arch), **result}, indent=1))
-    print(f"test accuracy {100 * result['test_accuracy']:.2f}%, {result['flops'] / 1e6:.2f}M MACs, "
-          f"{result['params'] / 1e6:.3f}M params; model in {out / 'model.pt'}")
+    if distributed.is_main:
+        torch.save({"arch": str(args.arch), "state_dict": model.state_dict()}, out / "model.pt")
+        (out / "train.json").write_text(json.dumps({"arch": str(args.arch), **result}, indent=1))
+    say(f"test accuracy {100 * result['test_accuracy']:.2f}%, {result['flops'] / 1e6:.2f}M MACs, "
+        f"{result['params'] / 1e6:.3f}M params; model in {out / 'model.pt'}")
     return 0
 
 
@@ -412,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "export":
             return _export(args)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("fastnas search does not run data-parallel yet (fastnas train does); launch it as one "
+                             "process, without torchrun")
         if args.space == "nasbench201":
             return _search_tabular(args)
         if args.strategy in DARTS_STRATEGIES:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
+from fastnas.distributed import DistributedContext
 from fastnas.flops import count
 from fastnas.precision import autocast
 from fastnas.spaces.canas import CanasSpace
@@ -132,19 +133,28 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
 
 def evaluate(model: nn.Module, split: data_module.ImageSplit, dataset: str, device, resize=None,
-             batch_size: int = 256, amp: str | None = None) -> float:
+             batch_size: int = 256, amp: str | None = None, distributed: DistributedContext | None = None) -> float:
+    """Accuracy on `split`; with several ranks each counts its contiguous share."""
+    distributed = distributed or DistributedContext(device=torch.device(device))
+    share = -(-len(split) // distributed.world_size)
+    lo, hi = distributed.rank * share, min(len(split), (distributed.rank + 1) * share)
+    mine = data_module.ImageSplit(split.images[lo:hi], split.labels[lo:hi])
     model.eval()
     correct = 0
     with torch.no_grad(), autocast(device, amp):
-        for x, y in data_module.iterate(split, dataset, batch_size, device, resize):
+        for x, y in data_module.iterate(mine, dataset, batch_size, device, resize):
             correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(split)
+    return distributed.sum(correct) / len(split)
 
 
 def train_network(model: nn.Module, splits: data_module.DataSplits, config: TrainConfig, device,
-                  on_epoch: Callable[[dict], None] | None = None) -> dict:
+                  on_epoch: Callable[[dict], None] | None = None,
+                  distributed: DistributedContext | None = None) -> dict:
     """Trains on train + validation (the search split is not needed any more) and
-    reports test accuracy, MACs and parameters."""
+    reports test accuracy, MACs and parameters. With a `distributed` context of several
+    ranks, each trains on its share of every global batch of config.batch_size and the
+    gradients are averaged (fastnas.distributed)."""
+    distributed = distributed or DistributedContext(device=torch.device(device))
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     device = torch.device(device)
@@ -162,6 +172,7 @@ def train_network(model: nn.Module, splits: data_module.DataSplits, config: Trai
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.min_lr)
     steps_per_epoch = max(1, len(train_split) // loader.batch_size)
     history = []
+    communicated = 0
     for epoch in range(config.epochs):
         model.train()
         if hasattr(model, "drop_path_prob"):
@@ -171,6 +182,7 @@ def train_network(model: nn.Module, splits: data_module.DataSplits, config: Trai
             x, y = loader.next()
             if config.cutout:
                 x = cutout(x, config.cutout, loader.generator)
+            x, y = distributed.shard(x, y)
             with autocast(device, config.amp):
                 out = model(x)
                 if isinstance(out, tuple):  # (logits, auxiliary logits)
@@ -179,19 +191,24 @@ def train_network(model: nn.Module, splits: data_module.DataSplits, config: Trai
                     loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            communicated = distributed.average_gradients(model.parameters())
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             total += float(loss.detach())
         scheduler.step()
-        entry = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
+        mean_loss = distributed.sum(total) / distributed.world_size / steps_per_epoch
+        entry = {"epoch": epoch + 1, "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
         history.append(entry)
         if on_epoch is not None:
             on_epoch(entry)
     size = config.resize or splits.image_size
     counts = count(model, torch.zeros(1, splits.in_channels, size, size, device=device))
     return {
-        "test_accuracy": evaluate(model, splits.test, splits.name, device, config.resize, amp=config.amp),
+        "test_accuracy": evaluate(model, splits.test, splits.name, device, config.resize, amp=config.amp,
+                                  distributed=distributed),
+        "processes": distributed.world_size,
+        "allreduce_bytes_per_step": communicated,
         "flops": counts.macs,
         "params": counts.params,
         "history": history,

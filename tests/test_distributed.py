@@ -1,0 +1,125 @@
+"""Data-parallel training on torch.distributed (gloo, 2 CPU processes): N ranks x B/N give
+the update of one process with batch B, rank 0 alone writes, torchrun launches the CLI."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from fastnas import data as data_module
+from fastnas.distributed import DistributedContext, sync_batch_norm
+from fastnas.spaces.canas import CanasSpace
+from fastnas.train import TrainConfig, train_network
+
+ARCH = (0, 1, 2, 3, 4, 5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ranks(function, world_size: int, *args):
+    """`function(*args)` in `world_size` processes set up as torchrun would."""
+    port = _free_port()
+    mp.start_processes(_rank_main, args=(world_size, port, function, args), nprocs=world_size, join=True,
+                       start_method="spawn")
+
+
+def _rank_main(rank, world_size, port, function, args):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        function(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _first_step_gradients(path):
+    """One float64 step of a CANAS network with synchronised batch norm on this rank's
+    share of a global batch of 64; rank 0 saves the loss and the averaged gradients."""
+    distributed = DistributedContext.from_environment(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = sync_batch_norm(CanasSpace("mnist", num_classes=10).build(ARCH)).double().train()
+    splits = data_module.load("digits", None, False)
+    x, y = data_module.BatchLoader(splits.train, splits.name, 64, "cpu", augment=True, seed=0).next()
+    x, y = distributed.shard(x.double(), y)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    sent = distributed.average_gradients(model.parameters())
+    if distributed.is_main:
+        torch.save({"loss": distributed.sum(float(loss)) / distributed.world_size, "sent": sent,
+                    "grads": {n: p.grad for n, p in model.named_parameters()},
+                    "buffers": {n: b for n, b in model.named_buffers()}}, path)
+    else:
+        distributed.sum(float(loss))
+
+
+def test_two_ranks_give_the_gradient_of_the_global_batch(tmp_path):
+    _first_step_gradients(tmp_path / "one.pt")
+    _run_ranks(_first_step_gradients, 2, tmp_path / "two.pt")
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-12)
+    for name, grad in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    for name, buffer in one["buffers"].items():  # running statistics over the global batch
+        torch.testing.assert_close(two["buffers"][name], buffer, rtol=1e-9, atol=1e-12, msg=name)
+    assert one["sent"] == 0
+    assert two["sent"] == 8 * sum(g.numel() for g in one["grads"].values())
+
+
+def _train(path):
+    distributed = DistributedContext.from_environment(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = sync_batch_norm(CanasSpace("mnist", num_classes=10).build(ARCH))
+    splits = data_module.load("digits", None, False)
+    splits = dataclasses.replace(splits, train=data_module.ImageSplit(splits.train.images[:448],
+                                                                       splits.train.labels[:448]),
+                                 valid=data_module.ImageSplit(splits.valid.images[:64], splits.valid.labels[:64]))
+    result = train_network(model, splits, TrainConfig(epochs=2, batch_size=64), "cpu", distributed=distributed)
+    if distributed.is_main:
+        path.write_text(json.dumps({k: result[k] for k in ("history", "test_accuracy", "processes")}))
+
+
+def test_training_on_two_ranks_follows_one_process(tmp_path):
+    """float32 over 16 steps: the ranks' sums are ordered differently, so the losses agree
+    to rounding that training amplifies, not bit for bit."""
+    _train(tmp_path / "one.json")
+    _run_ranks(_train, 2, tmp_path / "two.json")
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2
+    for a, b in zip(one["history"], two["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3)
+    assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=0.02)
+
+
+def test_a_batch_that_does_not_split_is_refused():
+    distributed = DistributedContext(rank=0, world_size=3)
+    with pytest.raises(ValueError, match="does not split over 3 ranks"):
+        distributed.shard(torch.zeros(64, 1))
+
+
+def test_torchrun_launches_fastnas_train(tmp_path):
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({"space": {"name": "canas", "variant": "mnist", "num_classes": 10},
+                                  "arch": list(ARCH)}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "fastnas", "train", "--arch", str(chosen), "--epochs", "1", "--batch-size", "64", "--sync-bn",
+               "--device", "cpu", "--quiet", "--out", str(tmp_path / "train")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    assert "2 processes (global batch 64)" in done.stdout
+    result = json.loads((tmp_path / "train" / "train.json").read_text())
+    assert result["processes"] == 2 and result["allreduce_bytes_per_step"] > 0
