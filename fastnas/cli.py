@@ -189,7 +189,7 @@ def _writable(path: str) -> Path:
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: torchrun's ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -204,13 +204,17 @@ def _progress(total: int, initial: int, quiet: bool):
 
 
 def _search_weight_sharing(args) -> int:
+    from fastnas.distributed import DistributedContext
     from fastnas.search import report
     from fastnas.search.weight_sharing import SearchConfig, WeightSharingSearch
     from fastnas.spaces.canas import CanasSpace
     from fastnas.spaces.enas_chain import EnasChainSpace
     from fastnas.train import TrainConfig
 
-    device = _device(args.device)
+    distributed = DistributedContext.from_environment(_device(args.device))
+    device = distributed.device
+    main = distributed.is_main
+    say = print if main else (lambda *a, **k: None)
     out = _writable(args.out)
     demo = args.dataset == "digits"
     strategy = args.strategy or ("enas" if args.space == "enas_chain" else "cas")
@@ -251,16 +255,17 @@ def _search_weight_sharing(args) -> int:
     if not args.resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
     splits = data_module.load(args.dataset, args.data_root, args.download)
-    search = WeightSharingSearch(config, splits, out, device=device, fused=not args.plain)
+    search = WeightSharingSearch(config, splits, out, device=device, fused=not args.plain, distributed=distributed)
     if args.resume:
         search.resume()
-    else:
+    elif main:
         (out / "records.jsonl").unlink(missing_ok=True)
-    print(f"fastnas search: {strategy} over {description} on {args.dataset}, F in [{f_min / 1e6:.2f}M, "
-          f"{f_max / 1e6:.2f}M], {schedule.total_steps} steps, device {device}, output {out}", flush=True)
+    processes = f", {distributed.world_size} processes (global batch {config.batch_size})" if distributed.active else ""
+    say(f"fastnas search: {strategy} over {description} on {args.dataset}, F in [{f_min / 1e6:.2f}M, "
+        f"{f_max / 1e6:.2f}M], {schedule.total_steps} steps, device {device}{processes}, output {out}", flush=True)
     best = max((r["acc_valid"] for r in search.records), default=0.0)
-    board = _tensorboard(args)
-    with _progress(schedule.total_steps, search.step, args.quiet) as bar:
+    board = _tensorboard(args) if main else None
+    with _progress(schedule.total_steps, search.step, args.quiet or not main) as bar:
         def on_step(record):
             nonlocal best
             best = max(best, record["acc_valid"])
@@ -274,17 +279,19 @@ def _search_weight_sharing(args) -> int:
     if board:
         board.close()
     scored = search.final_scores()
-    chosen = report.write_results(out, records, scored, config.to_dict(), space_spec, (f_min, f_max))
-    print(report.summary(scored, chosen, out))
+    if main:
+        chosen = report.write_results(out, records, scored, config.to_dict(), space_spec, (f_min, f_max))
+        say(report.summary(scored, chosen, out))
     if args.space == "enas_chain" and args.final_samples > 0:
         final = search.select_and_finetune(args.final_samples, TrainConfig(epochs=args.finetune_epochs))
         network = final.pop("network")
-        torch.save({"arch": final["arch"], "state_dict": network.state_dict()}, out / "final_model.pt")
-        (out / "final.json").write_text(json.dumps({"space": space_spec, **final}, indent=1))
-        print(f"final step: best of {final['candidates']} sampled architectures on validation "
-              f"({100 * final['acc_valid_shared']:.1f}% with shared weights), fine-tuned {args.finetune_epochs} "
-              f"epochs: test {100 * final['test_accuracy']:.1f}%, {final['flops'] / 1e6:.2f}M MACs\n"
-              f"  {final['encoding']}\n  saved final.json and final_model.pt")
+        if main:
+            torch.save({"arch": final["arch"], "state_dict": network.state_dict()}, out / "final_model.pt")
+            (out / "final.json").write_text(json.dumps({"space": space_spec, **final}, indent=1))
+        say(f"final step: best of {final['candidates']} sampled architectures on validation "
+            f"({100 * final['acc_valid_shared']:.1f}% with shared weights), fine-tuned {args.finetune_epochs} "
+            f"epochs: test {100 * final['test_accuracy']:.1f}%, {final['flops'] / 1e6:.2f}M MACs\n"
+            f"  {final['encoding']}\n  saved final.json and final_model.pt")
     return 0
 
 
@@ -421,13 +428,12 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "export":
             return _export(args)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("fastnas search does not run data-parallel yet (fastnas train does); launch it as one "
-                             "process, without torchrun")
-        if args.space == "nasbench201":
-            return _search_tabular(args)
-        if args.strategy in DARTS_STRATEGIES:
-            return _search_darts(args)
+        distributed_launch = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if args.space == "nasbench201" or args.strategy in DARTS_STRATEGIES:
+            if distributed_launch:
+                raise ValueError("the tabular and DARTS searches do not run data-parallel yet (the weight-sharing "
+                                 "search and fastnas train do); launch them as one process, without torchrun")
+            return _search_tabular(args) if args.space == "nasbench201" else _search_darts(args)
         return _search_weight_sharing(args)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"fastnas: error: {error}", file=sys.stderr)

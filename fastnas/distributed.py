@@ -51,16 +51,26 @@ class DistributedContext:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
-    def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """This rank's share of a global batch (dimension 0); the batch must divide evenly."""
+    def shard(self, *tensors: torch.Tensor, even: bool = True) -> tuple[torch.Tensor, ...]:
+        """This rank's share of a global batch (dimension 0). Training batches must divide
+        evenly (each rank's mean loss then weighs alike); `even=False` gives evaluation
+        batches contiguous shares of ceil(size / ranks), counted and summed."""
         if not self.active:
             return tensors
         size = tensors[0].shape[0]
-        if size % self.world_size:
+        if even and size % self.world_size:
             raise ValueError(f"the global batch of {size} does not split over {self.world_size} ranks; "
                              f"choose a batch size divisible by the number of processes")
-        share = size // self.world_size
+        share = -(-size // self.world_size)
         return tuple(t[self.rank * share:(self.rank + 1) * share] for t in tensors)
+
+    def broadcast(self, value):
+        """Rank 0's `value` (any picklable object) on every rank."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def average_gradients(self, parameters) -> int:
         """Averages the gradients over the ranks, in one flat all-reduce; returns the bytes

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
+from fastnas.distributed import DistributedContext, sync_batch_norm
 from fastnas.precision import autocast
 from fastnas.search.checkpoint import atomic_save, load_checked
 from fastnas.search.policies import RewardFunction, make_policy
@@ -102,29 +103,40 @@ def make_space(config: SearchConfig, splits: data_module.DataSplits):
     return space
 
 
-def path_accuracy(supernet, arch, batches) -> float:
+def path_accuracy(supernet, arch, batches, distributed: DistributedContext | None = None) -> float:
+    """Accuracy of one path on `batches`; with several ranks each scores its share of every
+    batch and the counts are summed."""
+    distributed = distributed or DistributedContext()
     correct = total = 0
     with torch.no_grad(), batch_statistics(supernet):
-        for x, y in batches:
+        for batch in batches:
+            x, y = distributed.shard(*batch, even=False)
             correct += int((supernet(x, arch).argmax(dim=1) == y).sum())
             total += len(y)
-    return correct / max(1, total)
+    return distributed.sum(correct) / max(1, distributed.sum(total))
 
 
 class WeightSharingSearch:
     """A resumable search over the CANAS space."""
 
     def __init__(self, config: SearchConfig, splits: data_module.DataSplits, out_dir: str | Path,
-                 device: str | torch.device = "cpu", fused: bool = True):
+                 device: str | torch.device = "cpu", fused: bool = True,
+                 distributed: DistributedContext | None = None):
+        """With a `distributed` context of several ranks, every rank trains the same path on
+        its share of each global batch (gradients averaged, batch norm over the global batch),
+        rewards and accuracies count every rank's share, and rank 0 alone writes."""
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
+        self.distributed = distributed or DistributedContext(device=self.device)
         self.splits = splits
         self.space = make_space(config, splits)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.supernet = self.space.supernet(fused=fused).to(self.device)
+        if self.distributed.active:
+            sync_batch_norm(self.supernet)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.child_lr,
                                          momentum=config.momentum, weight_decay=config.weight_decay)
         self.policy = make_policy(
@@ -146,6 +158,7 @@ class WeightSharingSearch:
         return {
             "format": "fastnas-search-1",
             "config": self.config.to_dict(),
+            "world_size": self.distributed.world_size,
             "step": self.step,
             "supernet": self.supernet.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -156,10 +169,16 @@ class WeightSharingSearch:
         }
 
     def save(self) -> None:
-        atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+        if self.distributed.is_main:
+            atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
 
     def resume(self) -> None:
         state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-search-1", self.config.to_dict())
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.distributed.world_size:
+            raise ValueError(f"--resume: the search in {self.out_dir} ran on {saved_world} process(es), this launch has "
+                             f"{self.distributed.world_size}; resume it with the same number (the batch shares and "
+                             f"batch-norm layers depend on it)")
         self.supernet.load_state_dict(state["supernet"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy.load_state_dict(state["policy"])
@@ -169,20 +188,28 @@ class WeightSharingSearch:
         self.records = list(state["records"])
 
     # ---- one search step -----------------------------------------------------------
-    def _train_shared_weights(self) -> float:
+    def _sample_path(self) -> tuple[int, ...]:
+        """One path from the policy, decided by rank 0 (every rank draws alike; the
+        broadcast guarantees it)."""
+        with torch.no_grad():
+            arch = self.policy.sample(1).archs[0]
+        return tuple(self.distributed.broadcast(arch))
+
+    def _train_shared_weights(self) -> tuple[float, int]:
+        """Mean training loss and the bytes this rank all-reduced."""
         self.supernet.train()
-        total = 0.0
+        total, sent = 0.0, 0
         for _ in range(self.config.child_steps):
-            with torch.no_grad():
-                arch = self.policy.sample(1).archs[0]
-            x, y = self.train_loader.next()
+            arch = self._sample_path()
+            x, y = self.distributed.shard(*self.train_loader.next())
             loss = F.cross_entropy(self.supernet(x, arch), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sent += self.distributed.average_gradients(self.supernet.parameters())
             nn.utils.clip_grad_norm_(self.supernet.parameters(), self.config.grad_clip)
             self.optimizer.step()
             total += float(loss.detach())
-        return total / self.config.child_steps
+        return self.distributed.sum(total) / self.distributed.world_size / self.config.child_steps, sent
 
     def _train_controller(self) -> float:
         reward = float("nan")
@@ -190,15 +217,15 @@ class WeightSharingSearch:
             sample = self.policy.sample(self.config.controller_samples)
             batch = [self.valid_loader.next()]
             rewards = [
-                self.reward_fn(path_accuracy(self.supernet, arch, batch), self.space.flops(arch), self.step)
+                self.reward_fn(path_accuracy(self.supernet, arch, batch, self.distributed), self.space.flops(arch),
+                               self.step)
                 for arch in sample.archs
             ]
             reward = self.policy.update(sample, rewards).mean_reward
         return reward
 
     def _record(self, loss: float, reward: float) -> dict:
-        with torch.no_grad():
-            arch = self.policy.sample(1).archs[0]
+        arch = self._sample_path()
         batches = self.config.eval_batches
         size = self.config.batch_size
         valid = data_module.iterate(self.splits.valid, self.splits.name, size, self.device, self.config.resize, batches)
@@ -212,8 +239,8 @@ class WeightSharingSearch:
             "encoding": self.space.encode(arch),
             "flops": self.space.flops(arch),
             "params": self.space.params(arch),
-            "acc_valid": path_accuracy(self.supernet, arch, valid),
-            "acc_test": path_accuracy(self.supernet, arch, test),
+            "acc_valid": path_accuracy(self.supernet, arch, valid, self.distributed),
+            "acc_test": path_accuracy(self.supernet, arch, test, self.distributed),
             "train_loss": loss,
             "reward": reward,
         }
@@ -235,8 +262,8 @@ class WeightSharingSearch:
                                        batches)
             with precision:
                 scored.append({**record, "acc_valid_when_sampled": record["acc_valid"],
-                               "acc_valid": path_accuracy(self.supernet, arch, valid),
-                               "acc_test": path_accuracy(self.supernet, arch, test)})
+                               "acc_valid": path_accuracy(self.supernet, arch, valid, self.distributed),
+                               "acc_test": path_accuracy(self.supernet, arch, test, self.distributed)})
         return scored
 
     def select_and_finetune(self, samples: int, train_config) -> dict:
@@ -248,16 +275,17 @@ class WeightSharingSearch:
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         with torch.no_grad():
-            candidates = list(dict.fromkeys(self.policy.sample(samples).archs))
+            candidates = self.distributed.broadcast(list(dict.fromkeys(self.policy.sample(samples).archs)))
         size, batches = self.config.batch_size, self.config.eval_batches
         scored = [
             (path_accuracy(self.supernet, arch, data_module.iterate(self.splits.valid, self.splits.name, size,
-                                                                     self.device, self.config.resize, batches)), arch)
+                                                                     self.device, self.config.resize, batches),
+                           self.distributed), arch)
             for arch in candidates
         ]
         accuracy, best = max(scored, key=lambda s: s[0])
         network = self.supernet.extract(best)
-        result = train_network(network, self.splits, train_config, self.device)
+        result = train_network(network, self.splits, train_config, self.device, distributed=self.distributed)
         return {"arch": list(best), "encoding": self.space.encode(best), "acc_valid_shared": accuracy,
                 "candidates": len(candidates), **result, "network": network}
 
@@ -265,17 +293,18 @@ class WeightSharingSearch:
         """Runs the remaining steps; ``on_step`` sees every new record."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         total = self.config.schedule.total_steps
-        with (self.out_dir / RECORDS).open("a") as log:
+        with (self.out_dir / RECORDS).open("a") if self.distributed.is_main else contextlib.nullcontext() as log:
             while self.step < total:
                 with autocast(self.device, self.config.amp):
-                    loss = self._train_shared_weights()
+                    loss, sent = self._train_shared_weights()
                     reward = self._train_controller()
-                    record = self._record(loss, reward)
+                    record = {**self._record(loss, reward), "allreduce_bytes": sent}
                 self.records.append(record)
                 self.step += 1
                 self.save()
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
                 if on_step is not None:
                     on_step(record)
         return self.records
