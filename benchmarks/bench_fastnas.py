@@ -52,6 +52,12 @@ def saved_activation_bytes(forward) -> int:
     return sum(storages.values())
 
 
+def gradient_bytes(parameters) -> int:
+    """Bytes a data-parallel step all-reduces: the gradients the last step produced (the
+    sampled path's parameters; DARTS: weights and architecture parameters)."""
+    return sum(p.grad.numel() * p.grad.element_size() for p in parameters if p.grad is not None)
+
+
 def _run(benchmark, fn, info: dict):
     """Times fn (synchronised), recording its case description and, on CUDA, peak memory."""
     rounds, warmup = (3, 1) if QUICK else ((50, 5) if ON_CUDA else (10, 2))
@@ -237,9 +243,11 @@ def test_canas_training_step(benchmark, impl):
         loss.backward()
         optimizer.step()
 
+    step()  # the gradients whose bytes a data-parallel step would all-reduce
     _run(benchmark, step, {"op": "canas_step", "case": f"N{n} 32x32 dilated g1-8", "dtype": "torch.float32",
                            "mode": "fwdbwd", "impl": impl,
-                           "saved_bytes": saved_activation_bytes(lambda: supernet(x, arch))})
+                           "saved_bytes": saved_activation_bytes(lambda: supernet(x, arch)),
+                           "allreduce_bytes": gradient_bytes(supernet.parameters())})
 
 
 @pytest.mark.parametrize("impl", ["fastnas", "eager"])
@@ -267,5 +275,7 @@ def test_darts_search_step(benchmark, impl):
         F.cross_entropy(model(x), y).backward()
         w_opt.step()
 
+    step()
     _run(benchmark, step, {"op": "darts_step", "case": f"N{n} C16 8 cells 32x32", "dtype": "torch.float32",
-                           "mode": "fwdbwd", "impl": impl, "saved_bytes": saved_activation_bytes(lambda: model(x))})
+                           "mode": "fwdbwd", "impl": impl, "saved_bytes": saved_activation_bytes(lambda: model(x)),
+                           "allreduce_bytes": gradient_bytes(model.parameters())})

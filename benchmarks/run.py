@@ -55,6 +55,21 @@ def goals(op: str, mode: str, on_cuda: bool) -> dict:
     return {"eager": 2.0, "compile": 1.0} if on_cuda else {"eager": 1.0}
 
 
+# Data-parallel scaling from the bytes a step all-reduces (ring all-reduce: each GPU moves
+# 2 (N-1)/N of them), at NCCL bus bandwidths typical of 8 H100s on NVLink (~360 GB/s) and
+# of nodes joined by one 400 Gb/s InfiniBand link per GPU (~40 GB/s), plus a latency per
+# all-reduce; no overlap with the backward assumed (a lower bound on efficiency).
+INTERCONNECTS = {"8 GPUs, NVLink": (8, 360e9, 20e-6), "2 nodes x 8 GPUs, InfiniBand": (16, 40e9, 50e-6)}
+
+
+def scaling_estimate(allreduce_bytes: int, step_seconds: float) -> dict:
+    estimate = {}
+    for name, (gpus, bus_bandwidth, latency) in INTERCONNECTS.items():
+        seconds = 2 * (gpus - 1) / gpus * allreduce_bytes / bus_bandwidth + latency
+        estimate[name] = {"allreduce_ms": 1e3 * seconds, "efficiency": step_seconds / (step_seconds + seconds)}
+    return estimate
+
+
 def _cell(value: float | None, spec: str, width: int, unit: str = "") -> str:
     """A right-aligned table cell; '-' where the row has no such value."""
     return f"{'-' if value is None else format(value, spec) + unit:>{width}}"
@@ -89,6 +104,9 @@ def table(benchmarks: list[dict], on_cuda: bool, bandwidth: float | None) -> tup
             row["peak_memory_ratio"] = impls["fastnas"]["peak_memory_bytes"] / impls["eager"]["peak_memory_bytes"]
         if "saved_bytes" in impls["fastnas"]:
             row["saved_activation_ratio"] = impls["fastnas"]["saved_bytes"] / impls["eager"]["saved_bytes"]
+        if "allreduce_bytes" in impls["fastnas"]:
+            row["allreduce_bytes_per_step"] = impls["fastnas"]["allreduce_bytes"]
+            row["data_parallel_estimate"] = scaling_estimate(impls["fastnas"]["allreduce_bytes"], ours)
         missed = [f"{name} < {need}x" for name, need in goals(op, mode, on_cuda).items()
                   if row.get(f"speedup_vs_{name}", need) < need]
         if row.get("bandwidth_fraction", 1.0) < 0.6:
@@ -163,6 +181,13 @@ def main(argv=None) -> int:
           + (" [quick: few rounds]" if args.quick else ""))
     print("speedup = baseline time / fastnas time (median); above 1 means fastnas is faster")
     print(text)
+    for row in rows:
+        if "allreduce_bytes_per_step" in row:
+            parts = ", ".join(f"{name}: {e['allreduce_ms']:.2f} ms, efficiency {100 * e['efficiency']:.0f}%"
+                              for name, e in row["data_parallel_estimate"].items())
+            print(f"{row['op']}: {row['allreduce_bytes_per_step'] / 1e6:.2f} MB all-reduced per data-parallel step; "
+                  f"estimate with this step time ({'measured here' if on_cuda else 'a CPU step: optimistic for a GPU'}): "
+                  f"{parts}")
     import kernel_model  # beside this script
 
     kernel_rows = kernel_model.model(measure_on_gpu=on_cuda, bandwidth=bandwidth)

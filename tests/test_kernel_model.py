@@ -44,3 +44,14 @@ def test_every_estimate_is_at_or_above_the_floor():
         assert 0 < row["estimated_fraction"] <= 1
     text = kernel_model.report(rows)
     assert "depthwise weight grad" in text and "BN mixed op backward" in text
+
+
+def test_data_parallel_estimate_is_a_ring_all_reduce():
+    import run
+
+    estimate = run.scaling_estimate(360_000_000, step_seconds=0.01)
+    nvlink = estimate["8 GPUs, NVLink"]
+    # each of 8 GPUs moves 2 * 7/8 of 360 MB at 360 GB/s: 1.75 ms, plus 20 us
+    assert nvlink["allreduce_ms"] == pytest.approx(1.77)
+    assert nvlink["efficiency"] == pytest.approx(10 / 11.77)
+    assert estimate["2 nodes x 8 GPUs, InfiniBand"]["allreduce_ms"] == pytest.approx(2 * 15 / 16 * 9 + 0.05)
