@@ -19,6 +19,21 @@ struct SameInteger {
   using type = T;
 };
 
+// ---- contiguous planes ------------------------------------------------------
+// Element `index` of contiguous planes of height x width: its plane, row and column (the
+// one division chain of the grid-stride kernels).
+template <typename T>
+struct PlanePosition {
+  T plane, row, column;
+};
+
+template <typename T>
+FASTNAS_HD PlanePosition<T> plane_position(T index, typename SameInteger<T>::type height,
+                                           typename SameInteger<T>::type width) {
+  const T rest = index / width;
+  return {rest / height, rest % height, index - rest * width};
+}
+
 // ---- channel shuffle -------------------------------------------------------
 // channel_shuffle(y, groups) views the C channels as (groups, C/groups), transposes
 // to (C/groups, groups) and flattens: channel c = i * (C/groups) + j moves to

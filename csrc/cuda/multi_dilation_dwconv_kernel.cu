@@ -64,10 +64,7 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ x, const s
   const index_t channels_per_group = d.channels_per_group;
   for (index_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const index_t ow = idx % out_width;
-    index_t t = idx / out_width;
-    const index_t oh = t % out_height;
-    t /= out_height;
+    const auto [t, oh, ow] = plane_position(idx, out_height, out_width);
     const index_t c = t % channels;
     const index_t dil = static_cast<index_t>(table.of_group(dilation_group_of(c, channels_per_group)));
     const index_t pad = static_cast<index_t>(same_padding(dil, K));
@@ -101,10 +98,7 @@ __global__ void depthwise_grad_input_kernel(const scalar_t* __restrict__ grad_ou
   const index_t stride = kStride > 0 ? kStride : static_cast<index_t>(d.stride);
   for (index_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const index_t iw = idx % width;
-    index_t t = idx / width;
-    const index_t ih = t % height;
-    t /= height;
+    const auto [t, ih, iw] = plane_position(idx, height, width);
     const index_t c = t % channels;
     const index_t dil = static_cast<index_t>(table.of_group(dilation_group_of(c, channels_per_group)));
     const index_t pad = static_cast<index_t>(same_padding(dil, K));

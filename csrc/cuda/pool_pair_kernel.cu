@@ -36,10 +36,7 @@ __global__ void pool_pair_forward_kernel(const scalar_t* __restrict__ x, scalar_
   using acc_t = at::opmath_type<scalar_t>;
   const index_t stride = stride_of<kStride>(runtime_stride);
   for (index_t o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const index_t ow = o % out_w;
-    const index_t rest = o / out_w;
-    const index_t oh = rest % out_h;
-    const index_t plane = rest / out_h;
+    const auto [plane, oh, ow] = plane_position(o, out_h, out_w);
     acc_t mean;
     pool_pair_at<scalar_t, acc_t, index_t>(x + plane * height * width, height, width, oh, ow, stride, &max_out[o],
                                            &mean, &positions[o]);
@@ -55,10 +52,7 @@ __global__ void pool_pair_backward_kernel(const scalar_t* __restrict__ grad_max,
   using acc_t = at::opmath_type<scalar_t>;
   const index_t stride = stride_of<kStride>(runtime_stride);
   for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const index_t w = i % width;
-    const index_t rest = i / width;
-    const index_t h = rest % height;
-    const index_t plane = rest / height;
+    const auto [plane, h, w] = plane_position(i, height, width);
     grad_x[i] = static_cast<scalar_t>(pool_pair_input_grad<scalar_t, acc_t, index_t>(
         grad_max, grad_avg, positions, plane * out_h * out_w, h, w, height, width, out_h, out_w, stride));
   }
