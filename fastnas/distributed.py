@@ -164,8 +164,11 @@ def sync_batch_norm(model: nn.Module) -> nn.Module:
     buffers), in place; returns the model."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
+            reference = child.weight if child.affine else child.running_mean
             synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats, device=child.weight.device if child.affine else None)
+                                     child.track_running_stats,
+                                     device=None if reference is None else reference.device,
+                                     dtype=None if reference is None else reference.dtype)
             synced.load_state_dict(child.state_dict())
             setattr(model, name, synced)
         else:

@@ -185,3 +185,11 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     search = WeightSharingSearch(_search_config(), data_module.load("digits", None, False), tmp_path / "run")
     with pytest.raises(ValueError, match=r"ran on 2 process\(es\), this launch has 1"):
         search.resume()
+
+
+def test_sync_batch_norm_keeps_parameters_and_dtype():
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3)).double()
+    model[0].running_mean.fill_(0.5)
+    synced = sync_batch_norm(model)[0]
+    assert type(synced).__name__ == "SyncBatchNorm2d" and synced.weight.dtype == torch.float64
+    assert torch.equal(synced.running_mean, torch.full((3,), 0.5, dtype=torch.float64))
