@@ -153,10 +153,10 @@ at::Tensor multi_dilation_dwconv2d_autograd(const at::Tensor& x, const at::Tenso
 }
 
 // ---- mixed op ----
-c10::TypedOperatorHandle<std::tuple<std::vector<at::Tensor>, at::Tensor>(
+c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, bool)>
 mixed_op_backward_op() {
-  return fastnas_op<std::tuple<std::vector<at::Tensor>, at::Tensor>(
+  return fastnas_op<std::tuple<at::Tensor, at::Tensor>(
       const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, bool)>(FASTNAS_OP("mixed_op_backward"));
 }
 
@@ -298,7 +298,7 @@ class BatchNormMixedOpFunction : public torch::autograd::Function<BatchNormMixed
     bool need_output_grads = false;
     for (size_t j = 0; j < count; ++j) need_output_grads = need_output_grads || ctx->needs_input_grad(j);
     auto [output_grads, grad_weights] =
-        fastnas_op<std::tuple<std::vector<at::Tensor>, at::Tensor>(
+        fastnas_op<std::tuple<at::Tensor, at::Tensor>(
             const at::Tensor&, at::TensorList, const at::Tensor&, at::IntArrayRef, const c10::List<bool>&,
             const at::Tensor&, const at::Tensor&, bool)>(FASTNAS_OP("batch_norm_mixed_op_backward"))
             .call(grads[0], saved, weights, ctx->saved_data["indices"].toIntVector(),

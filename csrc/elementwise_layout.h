@@ -51,9 +51,10 @@ class ElementwiseLayout {
     return result;
   }
 
-  // `count` new tensors shaped like `like`, in the layout the op runs in, from one allocation
-  // (each starting 16-byte aligned, for the CUDA kernels' vector stores)
-  std::vector<at::Tensor> empty(int64_t count, const at::Tensor& like) const {
+  // `count` new tensors shaped like `like`, in the layout the op runs in, stacked along a new
+  // first dimension in one allocation (each starting 16-byte aligned, for the CUDA kernels'
+  // vector stores)
+  at::Tensor empty_stacked(int64_t count, const at::Tensor& like) const {
     std::vector<int64_t> sizes{count}, strides(like.dim() + 1);
     sizes.insert(sizes.end(), like.sizes().begin(), like.sizes().end());
     int64_t span = 1;
@@ -63,7 +64,7 @@ class ElementwiseLayout {
     }
     const int64_t per_16_bytes = std::max<int64_t>(1, 16 / static_cast<int64_t>(like.element_size()));
     strides[0] = (span + per_16_bytes - 1) / per_16_bytes * per_16_bytes;
-    return at::empty_strided(sizes, strides, like.options()).unbind(0);
+    return at::empty_strided(sizes, strides, like.options());
   }
 
   // One new tensor shaped like `like`, in the layout the op runs in

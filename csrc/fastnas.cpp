@@ -306,7 +306,10 @@ FASTNAS_TORCH_LIBRARY(m) {
   m.def("mixed_op(Tensor[] outputs, Tensor weights, int[] indices) -> Tensor");
   m.def(
       "mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"
-      " bool need_output_grads) -> (Tensor[], Tensor)");
+      " bool need_output_grads) -> (Tensor, Tensor)");
+  // The backward ops return the candidates' gradients stacked in one (J, N, C, H, W) tensor
+  // (J = 0 without need_output_grads): one allocation, and a custom op's outputs may not
+  // alias each other, so they cannot be returned as J views of it.
 
   // sum_j weights[indices[j]] * bn(outputs[j]), bn = batch norm without affine over the
   // batch statistics where normalize[j] (identity otherwise). Also returns the per-(j, C)
@@ -317,7 +320,7 @@ FASTNAS_TORCH_LIBRARY(m) {
       " float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "batch_norm_mixed_op_backward(Tensor grad, Tensor[] outputs, Tensor weights, int[] indices,"
-      " bool[] normalize, Tensor mean, Tensor invstd, bool need_output_grads) -> (Tensor[], Tensor)");
+      " bool[] normalize, Tensor mean, Tensor invstd, bool need_output_grads) -> (Tensor, Tensor)");
 
   // A DARTS edge's two poolings in one pass: 3x3 max pooling and 3x3 average pooling
   // (count_include_pad=False), padding 1. Also returns each max's window position

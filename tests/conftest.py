@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch._functorch.config
 
 import simt
 
@@ -11,6 +12,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel workers on a small machine: intra-op threads would oversubscribe the
     # cores and OpenMP's spin-waiting then slows everything down many times over.
     torch.set_num_threads(1)
+
+# A custom op whose outputs alias its inputs or each other is an error under torch.compile
+# when the environment variable CI is set and only a warning otherwise: be strict everywhere.
+torch._functorch.config.error_on_custom_op_aliasing = True
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

@@ -132,7 +132,7 @@ at::Tensor mixed_op_cpu(at::TensorList outputs, const at::Tensor& weights,
   return out;
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
+std::tuple<at::Tensor, at::Tensor> mixed_op_backward_cpu(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
     at::IntArrayRef computed, bool need_output_grads) {
   check_mixed_op_backward_args(grad_in, outputs, weights, computed);
@@ -144,20 +144,20 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cpu(
   const auto num_computed = static_cast<int64_t>(computed.size());
   // One allocation for all candidate gradients: several separate ones freed together
   // make glibc trim its heap, and every step then pays page faults on fresh memory.
-  std::vector<at::Tensor> output_grads;
-  if (need_output_grads) output_grads = layout.empty(num_computed, grad);
+  const at::Tensor output_grads = layout.empty_stacked(need_output_grads ? num_computed : 0, grad);
   auto partial = at::zeros({num_chunks, num_computed}, grad.options().dtype(at::kDouble));
   const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "mixed_op_backward_cpu", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     double* part = partial.data_ptr<double>();
+    scalar_t* output_grads_data = need_output_grads ? output_grads.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         const int64_t begin = chunk * kChunk;
         const int64_t end = std::min(numel, begin + kChunk);
         for (int64_t j = 0; j < num_computed; ++j) {
           const auto weight = static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]);
-          scalar_t* out_grad = need_output_grads ? output_grads[j].data_ptr<scalar_t>() : nullptr;
+          scalar_t* out_grad = need_output_grads ? output_grads_data + j * output_grads.stride(0) : nullptr;
           part[chunk * num_computed + j] = static_cast<double>(dot_and_scale_cloned(
               g, inputs[j].data_ptr<scalar_t>(), weight, out_grad, begin, end));
         }
@@ -230,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_c
   return {out, mean, invstd, variance};
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu(
+std::tuple<at::Tensor, at::Tensor> batch_norm_mixed_op_backward_cpu(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     bool need_output_grads) {
@@ -240,11 +240,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu
   const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);
   const auto num_inputs = static_cast<int64_t>(inputs.size());
   const at::Tensor mean = mean_in.to(at::kDouble).contiguous(), invstd = invstd_in.to(at::kDouble).contiguous();
-  std::vector<at::Tensor> output_grads;
-  if (need_output_grads) {
-    // One allocation for all candidate gradients (see mixed_op_backward_cpu).
-    output_grads = at::empty({num_inputs, batch, channels, grad.size(2), grad.size(3)}, grad.options()).unbind(0);
-  }
+  // One allocation for all candidate gradients (see mixed_op_backward_cpu).
+  const at::Tensor output_grads =
+      at::empty({need_output_grads ? num_inputs : 0, batch, channels, grad.size(2), grad.size(3)}, grad.options());
   auto sum_g = at::zeros({num_inputs, channels}, grad.options().dtype(at::kDouble));
   auto sum_gx = at::zeros({num_inputs, channels}, grad.options().dtype(at::kDouble));
   const at::Tensor w = weights.detach().to(at::kDouble).contiguous();
@@ -275,13 +273,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cpu
         }
       });
       if (!need_output_grads) return;
+      scalar_t* output_grads_data = output_grads.data_ptr<scalar_t>();
       at::parallel_for(0, batch * channels, plane_grain(plane), [&](int64_t begin, int64_t end) {
         for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
           const int64_t c = channel_of(plane_index, channels);
           const int64_t offset = plane_index * plane;
           for (int64_t j = 0; j < num_inputs; ++j) {
             const int64_t slot = j * channels + c;
-            normalized_grad_cloned(output_grads[j].data_ptr<scalar_t>() + offset, g + offset, src[j] + offset,
+            normalized_grad_cloned(output_grads_data + j * output_grads.stride(0) + offset, g + offset, src[j] + offset,
                                    normalize.get(j), static_cast<scalar_t>(w.data_ptr<double>()[computed[j]]),
                                    static_cast<scalar_t>(mean_data[slot]), static_cast<scalar_t>(invstd_data[slot]),
                                    static_cast<scalar_t>(sum_g_data[slot] / count),

@@ -307,7 +307,7 @@ at::Tensor mixed_op_cuda(at::TensorList outputs, const at::Tensor& weights, at::
   return out;
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
+std::tuple<at::Tensor, at::Tensor> mixed_op_backward_cuda(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights,
     at::IntArrayRef computed, bool need_output_grads) {
   check_mixed_op_backward_args(grad_in, outputs, weights, computed);
@@ -320,8 +320,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
   const int num_inputs = static_cast<int>(inputs.size());
   const int num_weights = static_cast<int>(weights.size(0));
   const auto acc_type = at::toOpMathType(grad.scalar_type());
-  std::vector<at::Tensor> output_grads;
-  if (need_output_grads) output_grads = layout.empty(num_inputs, grad);
+  const at::Tensor output_grads = layout.empty_stacked(need_output_grads ? num_inputs : 0, grad);
   if (numel == 0) return {output_grads, at::zeros_like(weights)};
   auto weight_grads = at::empty({num_weights}, weights.options().dtype(acc_type));
   const auto stream = device::current_stream();
@@ -331,7 +330,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_op_backward_cuda(
     const auto table = input_table<scalar_t>(inputs);
     const auto weight_values = weight_table<acc_t>(all_weights, computed);
     PointerTable<scalar_t> grads{};
-    for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
+    for (int64_t j = 0; j < output_grads.size(0); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
     with_mixed_kernel(
         numel, num_inputs,
         [](auto k) { return KernelRef<&mixed_backward_kernel<scalar_t, int32_t, decltype(k)::value>>{}; },
@@ -638,7 +637,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_mixed_op_c
   return {out, mean, invstd, variance};
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cuda(
+std::tuple<at::Tensor, at::Tensor> batch_norm_mixed_op_backward_cuda(
     const at::Tensor& grad_in, at::TensorList outputs, const at::Tensor& weights, at::IntArrayRef computed,
     const c10::List<bool>& normalize, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     bool need_output_grads) {
@@ -651,10 +650,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
   const int num_inputs = static_cast<int>(inputs.size());
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   const at::Tensor mean = mean_in.to(acc_type).contiguous(), invstd = invstd_in.to(acc_type).contiguous();
-  std::vector<at::Tensor> output_grads;
-  if (need_output_grads) {
-    for (int j = 0; j < num_inputs; ++j) output_grads.push_back(at::empty_like(grad));
-  }
+  const at::Tensor output_grads =
+      at::empty({need_output_grads ? num_inputs : 0, batch, channels, grad.size(2), grad.size(3)}, grad.options());
   // The gradient-sums kernel writes every slot.
   auto sum_g = at::empty({num_inputs, channels}, grad.options().dtype(acc_type));
   auto sum_gx = at::empty({num_inputs, channels}, grad.options().dtype(acc_type));
@@ -669,7 +666,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_mixed_op_backward_cud
       const auto table = input_table<scalar_t>(inputs);
       const auto weight_values = weight_table<acc_t>(all_weights, computed);
       PointerTable<scalar_t> grads{};
-      for (size_t j = 0; j < output_grads.size(); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
+      for (int64_t j = 0; j < output_grads.size(0); ++j) grads.values[j] = output_grads[j].data_ptr<scalar_t>();
       with_candidate_count(num_inputs, /*small_index=*/true, [&](auto count) {
         constexpr int kCount = decltype(count)::value;
         constexpr auto sums_kernel = batch_norm_grad_sums_kernel<scalar_t, kCount>;

@@ -66,12 +66,12 @@ def _empty_in_elementwise_layout(like, tensors):
     return torch.empty_like(like, memory_format=torch.preserve_format if shared else torch.contiguous_format)
 
 
-def _empty_slices_in_elementwise_layout(count, like, tensors):
-    """`count` such results as slices of one allocation, each starting 16-byte aligned."""
+def _empty_stacked_in_elementwise_layout(count, like, tensors):
+    """`count` such results stacked along a new first dimension, each starting 16-byte aligned."""
     one = _empty_in_elementwise_layout(like, tensors)
     per_16_bytes = max(1, 16 // like.element_size())
     span = -(-like.numel() // per_16_bytes) * per_16_bytes
-    return like.new_empty_strided((count, *like.shape), (span, *one.stride())).unbind(0)
+    return like.new_empty_strided((count, *like.shape), (span, *one.stride()))
 
 
 @torch.library.register_fake("fastnas::mixed_op")
@@ -81,10 +81,8 @@ def _mixed_op_fake(outputs, weights, indices):
 
 @torch.library.register_fake("fastnas::mixed_op_backward")
 def _mixed_op_backward_fake(grad, outputs, weights, indices, need_output_grads):
-    if not need_output_grads:
-        return [], weights.new_empty(weights.shape)
-    return list(_empty_slices_in_elementwise_layout(len(outputs), grad, [*outputs, grad])), weights.new_empty(
-        weights.shape)
+    count = len(outputs) if need_output_grads else 0
+    return _empty_stacked_in_elementwise_layout(count, grad, [*outputs, grad]), weights.new_empty(weights.shape)
 
 
 # ---- batch-normalised mixed op ---------------------------------------------------
@@ -103,7 +101,8 @@ def _batch_norm_mixed_op_fake(outputs, weights, indices, normalize, eps):
 
 @torch.library.register_fake("fastnas::batch_norm_mixed_op_backward")
 def _batch_norm_mixed_op_backward_fake(grad, outputs, weights, indices, normalize, mean, invstd, need_output_grads):
-    output_grads = [torch.empty_like(grad) for _ in outputs] if need_output_grads else []
+    count = len(outputs) if need_output_grads else 0
+    output_grads = grad.new_empty((count, *grad.shape))
     return output_grads, weights.new_empty(weights.shape)
 
 
