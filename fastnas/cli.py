@@ -296,11 +296,15 @@ def _search_weight_sharing(args) -> int:
 
 
 def _search_darts(args) -> int:
+    from fastnas.distributed import DistributedContext
     from fastnas.search import report
     from fastnas.search.darts import DartsConfig, DartsSearch
     from fastnas.spaces.darts import PRIMITIVES
 
-    device = _device(args.device)
+    distributed = DistributedContext.from_environment(_device(args.device))
+    device = distributed.device
+    main = distributed.is_main
+    say = print if main else (lambda *a, **k: None)
     out = _writable(args.out)
     if not args.resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
@@ -317,14 +321,17 @@ def _search_darts(args) -> int:
     )
     config.validate()
     splits = data_module.load(args.dataset, args.data_root, args.download)
-    search = DartsSearch(config, splits, out, device=device, fused=not args.plain)
+    search = DartsSearch(config, splits, out, device=device, fused=not args.plain, distributed=distributed)
     if args.resume:
         search.resume()
-    print(f"fastnas search: {'multi-level ' if multilevel else ''}DARTS ({'second' if config.second_order else 'first'}"
-          f" order, gamma={config.gamma}) on {args.dataset}: {config.layers} cells, C={config.channels}, "
-          f"{config.epochs} epochs x {search.steps_per_epoch} steps, device {device}, output {out}", flush=True)
-    board = _tensorboard(args)
-    with _progress(config.epochs * search.steps_per_epoch, search.epoch * search.steps_per_epoch, args.quiet) as bar:
+    processes = f", {distributed.world_size} processes (global batch {config.batch_size})" if distributed.active else ""
+    say(f"fastnas search: {'multi-level ' if multilevel else ''}DARTS ({'second' if config.second_order else 'first'}"
+        f" order, gamma={config.gamma}) on {args.dataset}: {config.layers} cells, C={config.channels}, "
+        f"{config.epochs} epochs x {search.steps_per_epoch} steps, device {device}{processes}, output {out}",
+        flush=True)
+    board = _tensorboard(args) if main else None
+    with _progress(config.epochs * search.steps_per_epoch, search.epoch * search.steps_per_epoch,
+                   args.quiet or not main) as bar:
         def on_step(i, loss):
             bar.set_postfix(epoch=search.epoch + 1, loss=f"{loss:.3f}", refresh=False)
             bar.update(1)
@@ -335,10 +342,14 @@ def _search_darts(args) -> int:
             if board:
                 board.darts_epoch(record, dict(search.model.alphas), PRIMITIVES)
             skips = " ".join(f"{k}={v}" for k, v in record["skip_connect"].items())
-            bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.3f}, supernet accuracy "
-                      f"{100 * record['supernet_accuracy']:.1f}%, entropy {record['entropy']:.2f}, skip_connect {skips}")
+            if main:
+                bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.3f}, supernet accuracy "
+                          f"{100 * record['supernet_accuracy']:.1f}%, entropy {record['entropy']:.2f}, "
+                          f"skip_connect {skips}")
 
         genotype = search.run(on_step, on_epoch)
+    if not main:
+        return 0
     if board:
         board.close()
     report.write_darts_results(out, search.history, genotype, config.to_dict())
@@ -429,11 +440,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         distributed_launch = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if args.space == "nasbench201" or args.strategy in DARTS_STRATEGIES:
+        if args.space == "nasbench201":
             if distributed_launch:
-                raise ValueError("the tabular and DARTS searches do not run data-parallel yet (the weight-sharing "
-                                 "search and fastnas train do); launch them as one process, without torchrun")
-            return _search_tabular(args) if args.space == "nasbench201" else _search_darts(args)
+                raise ValueError("the tabular search looks accuracies up in a table and trains nothing: launch it "
+                                 "as one process, without torchrun")
+            return _search_tabular(args)
+        if args.strategy in DARTS_STRATEGIES:
+            return _search_darts(args)
         return _search_weight_sharing(args)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"fastnas: error: {error}", file=sys.stderr)

@@ -169,7 +169,8 @@ class BatchLoader:
         return self.prepare(self.split.images[idx], self.split.labels[idx])
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.to(self.device, non_blocking=True).float().div_(255)
+        # in the default floating type, so a float64 model (torch.set_default_dtype) gets float64 batches
+        x = images.to(self.device, non_blocking=True).to(torch.get_default_dtype()).div_(255)
         if self.augment:
             x = self._crop_flip(x)
         x = (x - self.mean) / self.std

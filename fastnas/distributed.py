@@ -75,18 +75,20 @@ class DistributedContext:
     def average_gradients(self, parameters) -> int:
         """Averages the gradients over the ranks, in one flat all-reduce; returns the bytes
         each rank sent."""
-        if not self.active:
+        return self.average([p.grad for p in parameters if p.grad is not None])
+
+    def average(self, tensors) -> int:
+        """Replaces each tensor (same dtype) by its mean over the ranks, in one flat
+        all-reduce; returns the bytes each rank sent."""
+        if not self.active or not tensors:
             return 0
-        grads = [p.grad for p in parameters if p.grad is not None]
-        if not grads:
-            return 0
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
         flat /= self.world_size
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
         return flat.numel() * flat.element_size()
 
     def sum(self, value: float) -> float:
@@ -147,16 +149,49 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose training statistics cover the batch of every rank."""
 
+    @property
+    def synchronized(self) -> bool:
+        """Whether this forward takes its statistics over several processes."""
+        return self.training and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _count_batch(self) -> float | None:
+        """Counts a training batch as nn.BatchNorm2d does; the momentum it implies."""
+        if not self.track_running_stats:
+            return self.momentum
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # a cumulative average, as nn.BatchNorm2d
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+        if not self.synchronized:
             return super().forward(x)
-        momentum = self.momentum
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if momentum is None:  # a cumulative average, as nn.BatchNorm2d
-                momentum = 1.0 / float(self.num_batches_tracked)
+        momentum = self._count_batch()
         return _SyncBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats
                                             else None, self.running_var, momentum, self.eps)
+
+    @staticmethod
+    def normalize_together(inputs: list[torch.Tensor], norms: list["SyncBatchNorm2d"]) -> list[torch.Tensor]:
+        """``[norm(x) for x, norm in zip(inputs, norms)]`` for non-affine norms with one
+        all-reduce in the forward and one in the backward instead of one per norm: a DARTS
+        edge's candidates (fastnas.ops.batch_norm_mixed_op)."""
+        first = norms[0]
+        if any(n.affine or n.eps != first.eps or n.momentum != first.momentum
+               or n.track_running_stats != first.track_running_stats for n in norms):
+            raise ValueError("normalize_together takes non-affine norms with one eps, momentum and tracking setting")
+        momenta = [n._count_batch() for n in norms]
+        track = first.track_running_stats
+        running_mean = torch.cat([n.running_mean for n in norms]) if track else None
+        running_var = torch.cat([n.running_var for n in norms]) if track else None
+        out = _SyncBatchNormFunction.apply(torch.cat(inputs, 1), None, None, running_mean, running_var, momenta[0],
+                                           first.eps)
+        if track:
+            with torch.no_grad():
+                for norm, mean, var in zip(norms, running_mean.split(first.num_features),
+                                           running_var.split(first.num_features)):
+                    norm.running_mean.copy_(mean)
+                    norm.running_var.copy_(var)
+        return list(out.split(first.num_features, 1))
 
 
 def sync_batch_norm(model: nn.Module) -> nn.Module:

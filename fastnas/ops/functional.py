@@ -101,6 +101,13 @@ def batch_norm_mixed_op(
     if not active:
         return _empty_sum(weights)
     used = [norms[k] for k in active if norms[k] is not None]
+    if used and all(getattr(norm, "synchronized", False) for norm in used):
+        # Statistics over every process of a data-parallel run (fastnas.distributed): the
+        # fused kernel sees one process's batch only.
+        normalized = dict(zip((k for k in active if norms[k] is not None),
+                              type(used[0]).normalize_together([outputs[k] for k in active if norms[k] is not None],
+                                                               used)))
+        return mixed_op([normalized.get(k, out) for k, out in enumerate(outputs)], weights)
     batch_statistics = [norm.training or not norm.track_running_stats for norm in used]
     if not all(batch_statistics) or len({norm.eps for norm in used}) > 1:
         return mixed_op([out if out is None or norm is None else norm(out) for out, norm in zip(outputs, norms)], weights)

@@ -14,9 +14,10 @@ def atomic_save(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checked(path: Path, device: torch.device, expected_format: str, current_config: dict) -> dict:
+def load_checked(path: Path, device: torch.device, expected_format: str, current_config: dict,
+                 world_size: int = 1) -> dict:
     """Loads a checkpoint for ``--resume``; clear errors when it is missing, unreadable,
-    of another kind, or made with other settings."""
+    of another kind, made with other settings or with another number of processes."""
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
     try:
@@ -31,4 +32,9 @@ def load_checked(path: Path, device: torch.device, expected_format: str, current
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current_config[k]!r}" for k in differing)
         raise ValueError(f"--resume: the checkpoint was made with other settings ({details}); "
                          f"rerun with the same settings or another --out")
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        raise ValueError(f"--resume: the search in {path.parent} ran on {saved_world} process(es), this launch has "
+                         f"{world_size}; resume it with the same number (the batch shares and batch-norm layers "
+                         f"depend on it)")
     return state

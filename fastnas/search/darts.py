@@ -9,6 +9,11 @@ finite-difference Hessian-vector product (no double backward through the kernels
 After every epoch the genotype is derived (per level when multi-level) and the skip
 count per cell set and the architecture entropy are logged; the whole state is saved
 atomically so a killed search resumes.
+
+Data-parallel under torchrun (fastnas.distributed): every rank draws the same global
+batches and keeps its share; batch norm takes its statistics over all ranks, and the
+weight and architecture gradients (each of the second-order step's three gradients too)
+are averaged, so N ranks make the update of one process with the global batch.
 """
 
 import json
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas import data as data_module
+from fastnas.distributed import DistributedContext, sync_batch_norm
 from fastnas.precision import autocast
 from fastnas.search.checkpoint import atomic_save, load_checked
 from fastnas.spaces.darts import DartsSupernet, Genotype, skip_counts
@@ -72,16 +78,21 @@ def _halves(split: data_module.ImageSplit, seed: int) -> tuple[data_module.Image
 
 class DartsSearch:
     def __init__(self, config: DartsConfig, splits: data_module.DataSplits, out_dir: str | Path,
-                 device: str | torch.device = "cpu", fused: bool = True):
+                 device: str | torch.device = "cpu", fused: bool = True,
+                 distributed: DistributedContext | None = None):
         config.validate()
         self.config = config
         self.splits = splits
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
+        self.distributed = distributed or DistributedContext(device=self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = DartsSupernet(config.channels, splits.num_classes, config.layers, config.multilevel,
                                        in_channels=splits.in_channels, fused=fused).to(self.device)
+        if self.distributed.active:
+            sync_batch_norm(self.model)
+            self.distributed.shard(torch.empty(config.batch_size))  # refuses a batch that does not split
         s_train, s_val = _halves(splits.train, config.seed)
         self.train_loader = data_module.BatchLoader(s_train, splits.name, config.batch_size, self.device,
                                                     augment=True, seed=config.seed)
@@ -96,6 +107,7 @@ class DartsSearch:
                                                weight_decay=config.arch_weight_decay)
         self.epoch = 0
         self.history: list[dict] = []
+        self.allreduce_bytes = 0  # sent by this rank since the epoch began
 
     # ---- optimisation ------------------------------------------------------------------
     def arch_loss(self, x, y) -> torch.Tensor:
@@ -109,6 +121,7 @@ class DartsSearch:
         with self.model.frozen_weights():
             loss = self.arch_loss(x_val, y_val)
             grads = torch.autograd.grad(loss, alphas)
+        self.allreduce_bytes += self.distributed.average(grads)
         for a, g in zip(alphas, grads):
             a.grad = g
         return float(loss.detach())
@@ -120,25 +133,25 @@ class DartsSearch:
         alphas = self.model.arch_parameters()
         xi = self.w_optimizer.param_groups[0]["lr"]
         original = [w.detach().clone() for w in weights]
-        train_grads = torch.autograd.grad(F.cross_entropy(self.model(x_train), y_train), weights, allow_unused=True)
+        train_grads = self._averaged(weights, torch.autograd.grad(F.cross_entropy(self.model(x_train), y_train),
+                                                                  weights, allow_unused=True))
         with torch.no_grad():
             for w, g in zip(weights, train_grads):
                 momentum = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
-                step = (g if g is not None else torch.zeros_like(w)) + self.config.w_weight_decay * w
+                step = g + self.config.w_weight_decay * w
                 if momentum is not None:
                     step = step + self.config.momentum * momentum
                 w.sub_(xi * step)
         loss = self.arch_loss(x_val, y_val)
-        grads = torch.autograd.grad(loss, alphas + weights, allow_unused=True)
+        grads = self._averaged(alphas + weights, torch.autograd.grad(loss, alphas + weights, allow_unused=True))
         alpha_grads, weight_grads = grads[:len(alphas)], grads[len(alphas):]
-        weight_grads = [g if g is not None else torch.zeros_like(w) for w, g in zip(weights, weight_grads)]
         eps = 0.01 / torch.sqrt(sum((g * g).sum() for g in weight_grads)).clamp_min(1e-12)
 
         def alpha_grad_at(sign: float):
             with torch.no_grad():
                 for w, w0, g in zip(weights, original, weight_grads):
                     w.copy_(w0 + sign * eps * g)
-            return torch.autograd.grad(F.cross_entropy(self.model(x_train), y_train), alphas)
+            return self._averaged(alphas, torch.autograd.grad(F.cross_entropy(self.model(x_train), y_train), alphas))
 
         plus, minus = alpha_grad_at(1.0), alpha_grad_at(-1.0)
         with torch.no_grad():
@@ -148,6 +161,12 @@ class DartsSearch:
             a.grad = g - xi * (gp - gm) / (2 * eps)
         return float(loss.detach())
 
+    def _averaged(self, parameters, grads) -> list[torch.Tensor]:
+        """The gradients (zeros for unused parameters) averaged over the ranks."""
+        grads = [g if g is not None else torch.zeros_like(p) for p, g in zip(parameters, grads)]
+        self.allreduce_bytes += self.distributed.average(grads)
+        return grads
+
     def step(self) -> tuple[float, float]:
         """One architecture update on S_val and one weight update on S_train."""
         with autocast(self.device, self.config.amp):
@@ -155,8 +174,8 @@ class DartsSearch:
 
     def _step(self) -> tuple[float, float]:
         self.model.train()
-        x_train, y_train = self.train_loader.next()
-        x_val, y_val = self.val_loader.next()
+        x_train, y_train = self.distributed.shard(*self.train_loader.next())
+        x_val, y_val = self.distributed.shard(*self.val_loader.next())
         self.arch_optimizer.zero_grad(set_to_none=True)
         if self.config.second_order:
             arch_loss = self._arch_step_second_order(x_train, y_train, x_val, y_val)
@@ -168,21 +187,24 @@ class DartsSearch:
         loss.backward()
         for a in self.model.arch_parameters():
             a.grad = None  # the weight step must not move the architecture
+        self.allreduce_bytes += self.distributed.average_gradients(self.model.weight_parameters())
         nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.config.grad_clip)
         self.w_optimizer.step()
-        return float(loss.detach()), arch_loss
+        world = self.distributed.world_size
+        return self.distributed.sum(float(loss.detach())) / world, self.distributed.sum(arch_loss) / world
 
     @torch.no_grad()
     def supernet_accuracy(self) -> float:
         self.model.eval()
         correct = total = 0
-        for x, y in data_module.iterate(self.splits.valid, self.splits.name, self.config.batch_size, self.device,
-                                        max_batches=self.config.eval_batches):
+        for batch in data_module.iterate(self.splits.valid, self.splits.name, self.config.batch_size, self.device,
+                                         max_batches=self.config.eval_batches):
+            x, y = self.distributed.shard(*batch, even=False)
             with autocast(self.device, self.config.amp):
                 logits = self.model(x)
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
-        return correct / max(1, total)
+        return self.distributed.sum(correct) / max(1, self.distributed.sum(total))
 
     # ---- epochs, checkpoints -------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -191,11 +213,12 @@ class DartsSearch:
             "model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
             "arch_optimizer": self.arch_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "train_loader": self.train_loader.state_dict(), "val_loader": self.val_loader.state_dict(),
-            "history": self.history,
+            "history": self.history, "world_size": self.distributed.world_size,
         }
 
     def resume(self) -> None:
-        state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-darts-1", self.config.to_dict())
+        state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-darts-1", self.config.to_dict(),
+                             self.distributed.world_size)
         self.model.load_state_dict(state["model"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
@@ -207,9 +230,11 @@ class DartsSearch:
 
     def run(self, on_step: Callable[[int, float], None] | None = None,
             on_epoch: Callable[[dict], None] | None = None) -> Genotype:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.distributed.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.config.epochs:
             losses = []
+            self.allreduce_bytes = 0
             for i in range(self.steps_per_epoch):
                 loss, _ = self.step()
                 losses.append(loss)
@@ -224,10 +249,12 @@ class DartsSearch:
                 "entropy": float(self.model.entropy().detach()),
                 "skip_connect": skip_counts(genotype),
                 "genotype": json.loads(genotype.to_json()),
+                "allreduce_bytes_per_step": self.allreduce_bytes // self.steps_per_epoch,
             }
             self.history.append(record)
             self.epoch += 1
-            atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+            if self.distributed.is_main:
+                atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
             if on_epoch is not None:
                 on_epoch(record)
         return self.model.genotype()

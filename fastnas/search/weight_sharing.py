@@ -173,12 +173,8 @@ class WeightSharingSearch:
             atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
 
     def resume(self) -> None:
-        state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-search-1", self.config.to_dict())
-        saved_world = state.get("world_size", 1)
-        if saved_world != self.distributed.world_size:
-            raise ValueError(f"--resume: the search in {self.out_dir} ran on {saved_world} process(es), this launch has "
-                             f"{self.distributed.world_size}; resume it with the same number (the batch shares and "
-                             f"batch-norm layers depend on it)")
+        state = load_checked(self.out_dir / CHECKPOINT, self.device, "fastnas-search-1", self.config.to_dict(),
+                             self.distributed.world_size)
         self.supernet.load_state_dict(state["supernet"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy.load_state_dict(state["policy"])
