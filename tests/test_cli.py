@@ -79,10 +79,10 @@ def test_bad_input_ends_in_one_line(name, files, tmp_path, capsys):
     assert expected in lines[0], lines[0]
 
 
-def test_darts_under_torchrun_is_refused(monkeypatch, tmp_path, capsys):
+def test_tabular_search_under_torchrun_is_refused(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli.main(["search", "--strategy", "darts", "--out", str(tmp_path / "run")]) == 2
-    assert "do not run data-parallel yet" in capsys.readouterr().err
+    assert cli.main(["search", "--space", "nasbench201", "--out", str(tmp_path / "run")]) == 2
+    assert "launch it as one process, without torchrun" in capsys.readouterr().err
 
 
 def test_default_device_is_cuda_when_present(monkeypatch):
