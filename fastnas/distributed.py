@@ -58,11 +58,16 @@ class DistributedContext:
         if not self.active:
             return tensors
         size = tensors[0].shape[0]
-        if even and size % self.world_size:
-            raise ValueError(f"the global batch of {size} does not split over {self.world_size} ranks; "
-                             f"choose a batch size divisible by the number of processes")
+        if even:
+            self.check_batch_size(size)
         share = -(-size // self.world_size)
         return tuple(t[self.rank * share:(self.rank + 1) * share] for t in tensors)
+
+    def check_batch_size(self, size: int) -> None:
+        """Refuses a global training batch that does not split evenly over the ranks."""
+        if size % self.world_size:
+            raise ValueError(f"the global batch of {size} does not split over {self.world_size} ranks; "
+                             f"choose a batch size divisible by the number of processes")
 
     def broadcast(self, value):
         """Rank 0's `value` (any picklable object) on every rank."""
@@ -93,11 +98,15 @@ class DistributedContext:
 
     def sum(self, value: float) -> float:
         """A number summed over the ranks."""
+        return self.sums(value)[0]
+
+    def sums(self, *values: float) -> list[float]:
+        """Numbers each summed over the ranks, in one all-reduce."""
         if not self.active:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(total)
-        return float(total)
+            return list(values)
+        totals = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(totals)
+        return totals.tolist()
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):

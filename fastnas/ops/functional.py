@@ -104,10 +104,11 @@ def batch_norm_mixed_op(
     if used and all(getattr(norm, "synchronized", False) for norm in used):
         # Statistics over every process of a data-parallel run (fastnas.distributed): the
         # fused kernel sees one process's batch only.
-        normalized = dict(zip((k for k in active if norms[k] is not None),
-                              type(used[0]).normalize_together([outputs[k] for k in active if norms[k] is not None],
-                                                               used)))
-        return mixed_op([normalized.get(k, out) for k, out in enumerate(outputs)], weights)
+        with_norm = [k for k in active if norms[k] is not None]
+        inputs = list(outputs)
+        for k, normalized in zip(with_norm, type(used[0]).normalize_together([outputs[k] for k in with_norm], used)):
+            inputs[k] = normalized
+        return mixed_op(inputs, weights)
     batch_statistics = [norm.training or not norm.track_running_stats for norm in used]
     if not all(batch_statistics) or len({norm.eps for norm in used}) > 1:
         return mixed_op([out if out is None or norm is None else norm(out) for out, norm in zip(outputs, norms)], weights)

@@ -92,7 +92,7 @@ class DartsSearch:
                                        in_channels=splits.in_channels, fused=fused).to(self.device)
         if self.distributed.active:
             sync_batch_norm(self.model)
-            self.distributed.shard(torch.empty(config.batch_size))  # refuses a batch that does not split
+            self.distributed.check_batch_size(config.batch_size)
         s_train, s_val = _halves(splits.train, config.seed)
         self.train_loader = data_module.BatchLoader(s_train, splits.name, config.batch_size, self.device,
                                                     augment=True, seed=config.seed)
@@ -190,8 +190,8 @@ class DartsSearch:
         self.allreduce_bytes += self.distributed.average_gradients(self.model.weight_parameters())
         nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.config.grad_clip)
         self.w_optimizer.step()
-        world = self.distributed.world_size
-        return self.distributed.sum(float(loss.detach())) / world, self.distributed.sum(arch_loss) / world
+        loss_sum, arch_loss_sum = self.distributed.sums(float(loss.detach()), arch_loss)
+        return loss_sum / self.distributed.world_size, arch_loss_sum / self.distributed.world_size
 
     @torch.no_grad()
     def supernet_accuracy(self) -> float:
@@ -204,7 +204,8 @@ class DartsSearch:
                 logits = self.model(x)
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
-        return self.distributed.sum(correct) / max(1, self.distributed.sum(total))
+        correct, total = self.distributed.sums(correct, total)
+        return correct / max(1, total)
 
     # ---- epochs, checkpoints -------------------------------------------------------------
     def state_dict(self) -> dict:

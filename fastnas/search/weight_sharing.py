@@ -113,7 +113,8 @@ def path_accuracy(supernet, arch, batches, distributed: DistributedContext | Non
             x, y = distributed.shard(*batch, even=False)
             correct += int((supernet(x, arch).argmax(dim=1) == y).sum())
             total += len(y)
-    return distributed.sum(correct) / max(1, distributed.sum(total))
+    correct, total = distributed.sums(correct, total)
+    return correct / max(1, total)
 
 
 class WeightSharingSearch:
