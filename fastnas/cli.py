@@ -2,7 +2,7 @@
 
   fastnas search            CAS search on the bundled digits, scaled to minutes on a CPU
   fastnas search --strategy darts-multilevel   multi-level DARTS with the entropy regulariser
-  fastnas search --space nasbench201 --benchmark nats_bench.csv   strategies on the tabular oracle
+  fastnas search --space nasbench201 --benchmark nats_bench.csv   every strategy on a tabular benchmark
   fastnas train --arch runs/search/chosen.json   train the chosen architecture (or genotype.json)
   fastnas export --arch runs/search/chosen.json --weights runs/train/model.pt   ONNX for deployment
 """
@@ -20,6 +20,7 @@ from fastnas import data as data_module
 from fastnas.precision import AMP_DTYPES
 from fastnas.search.policies import STRATEGIES
 DARTS_STRATEGIES = ("darts", "darts-multilevel")
+TABULAR_SPACES = ("nasbench201", "table")
 from fastnas.search.rewards import CasSchedule
 
 # Seed 000's F range is for its 224x224 space (cheapest network ~83M); other variants
@@ -69,9 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     s = commands.add_parser("search", help="run an architecture search")
-    s.add_argument("--space", choices=("canas", "enas_chain", "nasbench201"), default="canas")
+    s.add_argument("--space", choices=("canas", "enas_chain") + TABULAR_SPACES, default="canas",
+                   help="nasbench201 / table: strategies judged on a tabular benchmark (--benchmark)")
     s.add_argument("--strategy", choices=STRATEGIES + DARTS_STRATEGIES,
-                   help="default: cas (enas on --space enas_chain)")
+                   help="default: cas (enas on --space enas_chain; on a table every strategy but DARTS)")
     s.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
     s.add_argument("--data-root", help="folder holding (or receiving, with --download) the torchvision dataset")
     s.add_argument("--download", action="store_true", help="download the dataset into --data-root")
@@ -87,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=POSITIVE,
                    help="delta_anneal = (F_max - F_min) / (2 alpha) (default 2; 0.25 on --space nasbench201)")
     s.add_argument("--fast-lambda", type=float, default=0.8, help="lambda of the fast anneal, in (0, 1)")
-    s.add_argument("--sms-target", type=POSITIVE, help="F of the SMS reward (default F_max)")
+    s.add_argument("--sms-target", type=POSITIVE,
+                   help="F of the SMS reward (default F_max; on a table, the table's median FLOPs)")
     s.add_argument("--child-steps", type=POSITIVE_INT, help="shared-weight minibatches per step")
     s.add_argument("--controller-steps", type=POSITIVE_INT, default=1, help="controller updates per step")
     s.add_argument("--batch-size", type=POSITIVE_INT, help="default 128 (64 for DARTS)")
@@ -103,11 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--layers", type=POSITIVE_INT, help="cells (default 5 on the digits, 8 otherwise)")
     d.add_argument("--gamma", type=NON_NEGATIVE, help="weight of the architecture entropy (default 1 multi-level, 0 darts)")
     d.add_argument("--second-order", action="store_true", help="unrolled second-order DARTS")
-    s.add_argument("--benchmark", help="NAS-Bench-201 table (CSV) for --space nasbench201")
-    s.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10")
-    s.add_argument("--budget", type=POSITIVE_INT, default=500, help="distinct queries of the tabular oracle")
-    s.add_argument("--repeats", type=POSITIVE_INT, default=1,
-                   help="tabular oracle: run each strategy with seeds SEED..SEED+R-1 and report mean and spread")
+    b = s.add_argument_group("tabular benchmarks (--space nasbench201 / table)")
+    b.add_argument("--benchmark", help="the table: NAS-Bench-201's CSV, or one's own CSV / JSON (--space table)")
+    b.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10",
+                   help="NAS-Bench-201's accuracy column")
+    b.add_argument("--arch-column", default="arch", help="--space table: column of the architectures (0-2-1)")
+    b.add_argument("--accuracy-column", default="accuracy", help="--space table: column of the accuracies (%%)")
+    b.add_argument("--flops-column", default="flops", help="--space table: column of the FLOPs")
+    b.add_argument("--budget", type=POSITIVE_INT, default=500, help="distinct queries of the table per run")
+    b.add_argument("--repeats", type=POSITIVE_INT, default=1,
+                   help="run each strategy with seeds SEED..SEED+R-1; report mean, sd and a paired test")
     s.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _add_run_options(s)
     s.add_argument("--out", default="runs/search", help="output directory")
@@ -359,34 +367,40 @@ def _search_darts(args) -> int:
 
 
 def _search_tabular(args) -> int:
-    from fastnas.search.tabular import TABULAR_SAMPLES_PER_STEP, compare_strategies, default_tabular_schedule
-    from fastnas.spaces.nasbench201 import TabularBenchmark
+    from fastnas.search.tabular import (TABULAR_SAMPLES_PER_STEP, compare_strategies, comparison_table,
+                                        default_tabular_schedule)
+    from fastnas.spaces.nasbench201 import nasbench201_benchmark
+    from fastnas.spaces.tabular import TabularBenchmark
 
     if not args.benchmark:
-        raise ValueError("--space nasbench201 needs --benchmark PATH (the NAS-Bench-201 CSV, e.g. nats_bench.csv)")
-    strategy_choice = args.strategy or "cas"
-    if strategy_choice in DARTS_STRATEGIES:
-        raise ValueError("--space nasbench201 runs the REINFORCE strategies and random search, not DARTS")
+        example = "the NAS-Bench-201 CSV, e.g. nats_bench.csv" if args.space == "nasbench201" else "a CSV or JSON table"
+        raise ValueError(f"--space {args.space} needs --benchmark PATH ({example})")
+    if args.strategy in DARTS_STRATEGIES:
+        raise ValueError(f"--space {args.space} runs the sampling strategies ({', '.join(STRATEGIES)}), not DARTS")
     out = _writable(args.out)
-    benchmark = TabularBenchmark(args.benchmark, args.benchmark_dataset)
+    if args.space == "nasbench201":
+        benchmark = nasbench201_benchmark(args.benchmark, args.benchmark_dataset)
+    else:
+        benchmark = TabularBenchmark.from_file(args.benchmark, args.arch_column, args.accuracy_column,
+                                               args.flops_column)
     overrides = {field: value for field, value in (("f_min", args.f_min), ("f_max", args.f_max),
                                                    ("anneal_alpha", args.alpha), ("fast_lambda", args.fast_lambda))
                  if value is not None}
     schedule = dataclasses.replace(default_tabular_schedule(benchmark, args.budget, TABULAR_SAMPLES_PER_STEP),
                                    **overrides)
-    strategies = (strategy_choice, "random") if strategy_choice != "random" else ("random",)
-    comparisons = compare_strategies(benchmark, strategies, args.budget,
-                                     range(args.seed, args.seed + args.repeats), schedule)
-    spread = f" over {args.repeats} seeds (mean ± sd)" if args.repeats > 1 else ""
-    print(f"NAS-Bench-201 {args.benchmark_dataset}, {args.budget} queries "
-          f"({100 * args.budget / len(benchmark):.1f}% of {len(benchmark)}), hypervolume ratio{spread}:")
-    for c in comparisons:
-        print(f"  {c.strategy:>6}: {c.mean:.4f}" + (f" ± {c.stdev:.4f}" if args.repeats > 1 else ""))
+    strategies = STRATEGIES if args.strategy is None else tuple(dict.fromkeys((args.strategy, "random")))
+    seeds = range(args.seed, args.seed + args.repeats)
+    print(f"{benchmark.name}: {', '.join(strategies)} with {args.budget} queries each "
+          f"({100 * args.budget / len(benchmark):.1f}% of {len(benchmark)}), seeds {seeds.start}..{seeds.stop - 1}",
+          flush=True)
+    comparisons = compare_strategies(benchmark, strategies, args.budget, seeds, schedule, args.sms_target)
+    print("hypervolume ratio (found front / true front):")
+    print(comparison_table(comparisons))
     (out / "tabular.json").write_text(json.dumps({
-        c.strategy: [{"seed": args.seed + k, "queries": r.queries, "hypervolume_ratio": r.hypervolume_ratio,
+        c.strategy: [{"seed": seed, "queries": r.queries, "hypervolume_ratio": r.hypervolume_ratio,
                       "queried": [{"arch": list(a), "encoding": benchmark.space.encode(a), "flops": f,
                                    "accuracy": acc} for a, (f, acc) in r.queried.items()]}
-                     for k, r in enumerate(c.runs)]
+                     for seed, r in zip(c.seeds, c.runs)]
         for c in comparisons}, indent=1))
     print(f"results in {out / 'tabular.json'}")
     return 0
@@ -440,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         distributed_launch = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if args.space == "nasbench201":
+        if args.space in TABULAR_SPACES:
             if distributed_launch:
                 raise ValueError("the tabular search looks accuracies up in a table and trains nothing: launch it "
                                  "as one process, without torchrun")

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from fastnas import cli, data
-from fastnas.search import CasSchedule, LSTMController, ReinforcePolicy, cas_reward, hypervolume, pareto_front, sms_reward
+from fastnas.search import (STRATEGIES, CasSchedule, LSTMController, ReinforcePolicy, cas_reward, hypervolume,
+                            pareto_front, sms_reward)
 from fastnas.search.tabular import compare_strategies, tabular_search
 from fastnas.search.weight_sharing import SearchConfig, WeightSharingSearch
-from fastnas.spaces.nasbench201 import TabularBenchmark
+from fastnas.spaces.nasbench201 import nasbench201_benchmark
 
 NATS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "nasbench201" / "nats_bench.csv"
 
@@ -90,7 +91,7 @@ needs_nats = pytest.mark.skipif(not NATS_CSV.exists(), reason="shared NAS-Bench-
 
 @needs_nats
 def test_tabular_search_spends_exactly_the_budget_and_scores_fronts():
-    bench = TabularBenchmark(NATS_CSV)
+    bench = nasbench201_benchmark(NATS_CSV)
     for strategy in ("cas", "random"):
         result = tabular_search(bench, strategy, budget=120, seed=0)
         # Re-sampled architectures are free, so every strategy gets its whole budget.
@@ -103,7 +104,7 @@ def test_tabular_search_spends_exactly_the_budget_and_scores_fronts():
 @needs_nats
 def test_cas_recovers_more_of_the_front_than_random_search():
     """Seeds 10-19 were not used to choose the tabular CAS settings (seeds 0-9 were)."""
-    bench = TabularBenchmark(NATS_CSV)
+    bench = nasbench201_benchmark(NATS_CSV)
     cas, random = compare_strategies(bench, ("cas", "random"), budget=500, seeds=range(10, 20))
     assert cas.mean > 0.92
     assert cas.mean > random.mean + 0.015
@@ -116,8 +117,13 @@ def test_cli_tabular_search_reports_every_seed(tmp_path, capsys):
     assert cli.main(["search", "--space", "nasbench201", "--benchmark", str(NATS_CSV), "--budget", "60",
                      "--repeats", "3", "--seed", "4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "over 3 seeds" in printed and "cas" in printed and "random" in printed
+    assert "seeds 4..6" in printed and "wins vs random" in printed
     runs = json.loads((out / "tabular.json").read_text())
+    assert set(runs) == set(STRATEGIES)
+    table_rows = {line.split()[0]: line.split() for line in printed.splitlines()[2:2 + len(STRATEGIES)]}
+    for strategy in STRATEGIES:  # the printed mean is the mean of the recorded runs
+        assert float(table_rows[strategy][1]) == pytest.approx(
+            sum(r["hypervolume_ratio"] for r in runs[strategy]) / 3, abs=1e-4)
     assert [r["seed"] for r in runs["cas"]] == [4, 5, 6]
     assert all(r["queries"] == 60 == len(r["queried"]) for r in runs["cas"] + runs["random"])
     # Schedule flags apply to the tabular CAS too, and are checked before any search.

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastnas.flops import count
 from fastnas.models import dilated_lightnet, layout, shufflenet_v1
 from fastnas.spaces import CanasSpace
-from fastnas.spaces.nasbench201 import NasBench201Space, TabularBenchmark
+from fastnas.spaces.nasbench201 import NasBench201Space, nasbench201_benchmark
 
 NATS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "nasbench201" / "nats_bench.csv"
 
@@ -119,19 +119,19 @@ def test_tabular_benchmark_reads_the_real_format(tmp_path):
         "ArchitectureString,UniqueString\n"
         "93.5,70.1,44.0,|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,x\n"
     )
-    bench = TabularBenchmark(csv_file, "cifar100")
+    bench = nasbench201_benchmark(csv_file, "cifar100")
     assert bench.query((3, 3, 4, 1, 3, 1)) == 70.1
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="missing columns"):
-        TabularBenchmark(bad)
-    with pytest.raises(FileNotFoundError, match="pass the path of nats_bench.csv"):
-        TabularBenchmark(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=r"no column \['ArchitectureString', 'CIFAR10TestAccuracy200Epochs'\]"):
+        nasbench201_benchmark(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        nasbench201_benchmark(tmp_path / "missing.csv")
 
 
 @pytest.mark.skipif(not NATS_CSV.exists(), reason="shared NAS-Bench-201 table not present")
 def test_tabular_benchmark_full_table():
-    bench = TabularBenchmark(NATS_CSV)
+    bench = nasbench201_benchmark(NATS_CSV)
     assert len(bench) == 15625
     # The best CIFAR-10 cell of NAS-Bench-201 reaches 94.37%.
     assert round(max(bench.accuracy.values()), 2) == 94.37

@@ -29,3 +29,55 @@ def hypervolume(flops: Sequence[float], accuracy: Sequence[float], ref_flops: fl
             break
         area += (next_flops - flops[i]) * (accuracy[i] - ref_accuracy)
     return area
+
+
+def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Every point's non-dominated front (0 = not dominated), all coordinates minimised.
+    Deb et al.'s fast sort: O(M N^2) for N points of M objectives."""
+    n = len(points)
+    dominated_by_count = [0] * n
+    dominates: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if _dominates(points[i], points[j]):
+                dominates[i].append(j)
+                dominated_by_count[j] += 1
+            elif _dominates(points[j], points[i]):
+                dominates[j].append(i)
+                dominated_by_count[i] += 1
+    ranks = [0] * n
+    front = [i for i in range(n) if dominated_by_count[i] == 0]
+    rank = 0
+    while front:
+        following = []
+        for i in front:
+            ranks[i] = rank
+            for j in dominates[i]:
+                dominated_by_count[j] -= 1
+                if dominated_by_count[j] == 0:
+                    following.append(j)
+        front, rank = following, rank + 1
+    return ranks
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point of one front: per objective, the gap
+    between its two neighbours over the objective's range; the extremes are infinite so
+    the front's ends are always kept."""
+    n = len(points)
+    distance = [0.0] * n
+    if n == 0:
+        return distance
+    for m in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][m])
+        low, high = points[order[0]][m], points[order[-1]][m]
+        distance[order[0]] = distance[order[-1]] = float("inf")
+        if high == low:
+            continue
+        for k in range(1, n - 1):
+            distance[order[k]] += (points[order[k + 1]][m] - points[order[k - 1]][m]) / (high - low)
+    return distance

@@ -12,9 +12,15 @@ from dataclasses import dataclass
 import torch
 
 from fastnas.search.controller import LSTMController
+from fastnas.search.evolution import AgingEvolution, Nsga2
 from fastnas.search.rewards import CasSchedule, CasState, cas_reward, enas_reward, sms_reward
 
-STRATEGIES = ("cas", "sms", "enas", "random")
+STRATEGIES = ("cas", "sms", "enas", "random", "evolution", "nsga2")
+# The reward each strategy's policy learns from. Aging evolution takes the CAS reward as
+# its fitness, so the population follows the annealed FLOPs target along the front;
+# NSGA-II ranks (accuracy, FLOPs) itself and reports accuracy as its reward.
+REWARDS = {"cas": "cas", "sms": "sms", "enas": "enas", "random": "enas", "evolution": "cas", "nsga2": "enas"}
+POPULATION_STRATEGIES = ("evolution", "nsga2")
 
 
 class RewardFunction:
@@ -25,20 +31,21 @@ class RewardFunction:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         self.strategy = strategy
+        self.reward = REWARDS[strategy]
         self.schedule = schedule
         self.sms_target = sms_target if sms_target is not None else schedule.f_max
 
     def state(self, step: int) -> CasState:
-        if self.strategy == "cas":
+        if self.reward == "cas":
             return self.schedule.at(step)
-        target = self.sms_target if self.strategy == "sms" else float("nan")
-        return CasState(self.strategy, target, 1.0, float("nan"))
+        target = self.sms_target if self.reward == "sms" else float("nan")
+        return CasState(self.reward, target, 1.0, float("nan"))
 
     def __call__(self, accuracy: float, flops: float, step: int) -> float:
-        if self.strategy == "cas":
+        if self.reward == "cas":
             s = self.schedule.at(step)
             return cas_reward(accuracy, flops, s.target, s.lam, s.delta)
-        if self.strategy == "sms":
+        if self.reward == "sms":
             return sms_reward(accuracy, flops, self.sms_target)
         return enas_reward(accuracy)
 
@@ -80,7 +87,9 @@ class ReinforcePolicy:
         """Per decision, the controller's probabilities along its most likely architecture."""
         return self.controller.greedy()[1]
 
-    def update(self, sample, rewards: Sequence[float]) -> PolicyUpdate:
+    def update(self, sample, rewards: Sequence[float], objectives=None) -> PolicyUpdate:
+        """``objectives`` ((accuracy, flops) per architecture) is for the policies that
+        rank both; REINFORCE learns from the rewards alone."""
         rewards_t = torch.tensor(list(rewards), dtype=torch.float32)
         rewards_t = rewards_t + self.entropy_weight * sample.entropy.detach()
         mean = float(rewards_t.mean())
@@ -127,7 +136,7 @@ class RandomPolicy:
         columns = [torch.randint(k, (n,), generator=self.generator) for k in self.decisions]
         return RandomSample([tuple(int(c[i]) for c in columns) for i in range(n)])
 
-    def update(self, sample, rewards: Sequence[float]) -> PolicyUpdate:
+    def update(self, sample, rewards: Sequence[float], objectives=None) -> PolicyUpdate:
         return PolicyUpdate(0.0, float("nan"), sum(rewards) / max(1, len(rewards)))
 
     def state_dict(self) -> dict:
@@ -137,9 +146,24 @@ class RandomPolicy:
         self.generator.set_state(state["generator"])
 
 
-def make_policy(strategy: str, decisions: Sequence[int], seed: int = 0, **controller_options):
+def population_options(strategy: str, evaluations: int) -> dict:
+    """Population sizes derived from how many architectures the search will evaluate:
+    50 (Real et al. and Deb et al. use 20..100) while that is at most a tenth of the
+    evaluations, so most of the budget goes to offspring; never below 10. The aging
+    tournament takes a fifth of the population."""
+    size = min(50, max(10, evaluations // 10))
+    return {"population_size": size, **({"tournament_size": max(2, size // 5)} if strategy == "evolution" else {})}
+
+
+def make_policy(strategy: str, decisions: Sequence[int], seed: int = 0, **options):
+    """The policy of a strategy; ``options`` go to its constructor (controller options for
+    the REINFORCE strategies, population options for evolution and nsga2)."""
     if strategy == "random":
         return RandomPolicy(decisions, seed)
+    if strategy == "evolution":
+        return AgingEvolution(decisions, seed=seed, **options)
+    if strategy == "nsga2":
+        return Nsga2(decisions, seed=seed, **options)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    return ReinforcePolicy(decisions, seed=seed, **controller_options)
+    return ReinforcePolicy(decisions, seed=seed, **options)

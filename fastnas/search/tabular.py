@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fastnas.search.pareto import hypervolume, pareto_front
-from fastnas.search.policies import RewardFunction, make_policy
+from fastnas.search.policies import POPULATION_STRATEGIES, RewardFunction, make_policy, population_options
 from fastnas.search.rewards import CasSchedule
-from fastnas.spaces.nasbench201 import TabularBenchmark
+from fastnas.search.significance import wilcoxon_signed_rank
+from fastnas.spaces.tabular import TabularBenchmark
 
 # A controller that has collapsed onto architectures it already queried would loop
 # forever; stop after this many samples per unit of budget.
@@ -50,7 +51,7 @@ def default_tabular_schedule(benchmark: TabularBenchmark, budget: int, samples_p
     the controller learns FLOPs, which are free to compute, and not accuracy. alpha =
     0.25 (delta twice the range) keeps both terms of Eq. 3 comparable; it was chosen
     on seeds 0-9 and is reported on seeds 10-29 (README)."""
-    flops = [benchmark.space.flops(a) for a in benchmark.accuracy]
+    flops = [benchmark.flops(a) for a in benchmark.accuracy]
     steps = max(2, budget // samples_per_step)
     n_slow = max(1, steps // 5)
     return CasSchedule(f_min=min(flops), f_max=max(flops), period=max(2, steps // 2),
@@ -63,10 +64,18 @@ def true_front_reference(benchmark: TabularBenchmark) -> tuple[float, float, flo
     10%), one good cheap cell would cover almost all the area and every strategy
     would score near 1."""
     archs = list(benchmark.accuracy)
-    flops = [benchmark.space.flops(a) for a in archs]
+    flops = [benchmark.flops(a) for a in archs]
     accuracy = [benchmark.accuracy[a] for a in archs]
     ref_flops, ref_accuracy = max(flops), sorted(accuracy)[len(accuracy) // 2]
     return hypervolume(flops, accuracy, ref_flops, ref_accuracy), ref_flops, ref_accuracy
+
+
+def default_sms_target(benchmark: TabularBenchmark) -> float:
+    """The table's median FLOPs: SMS then looks for the most accurate architecture in the
+    cheaper half of the space. (The largest FLOPs would penalise nothing, and SMS would
+    be the ENAS reward.)"""
+    flops = sorted(benchmark.flops(a) for a in benchmark.accuracy)
+    return flops[len(flops) // 2]
 
 
 def tabular_search(
@@ -76,35 +85,42 @@ def tabular_search(
     samples_per_step: int = TABULAR_SAMPLES_PER_STEP,
     schedule: CasSchedule | None = None,
     seed: int = 0,
-    **controller_options,
+    sms_target: float | None = None,
+    **policy_options,
 ) -> TabularResult:
     """Runs ``strategy`` until ``budget`` distinct architectures were queried. Rewards
-    use accuracy as a fraction; accuracies are stored in %."""
+    use accuracy as a fraction; accuracies are stored in %. ``policy_options`` go to the
+    policy (controller or population options) over the defaults derived from the budget;
+    ``sms_target`` defaults to the table's median FLOPs."""
     if budget < 1:
         raise ValueError(f"budget must be >= 1 query, got {budget}")
     if samples_per_step < 1:
         raise ValueError(f"samples_per_step must be >= 1, got {samples_per_step}")
     space = benchmark.space
     schedule = schedule or default_tabular_schedule(benchmark, budget, samples_per_step)
-    reward_fn = RewardFunction(strategy, schedule)
-    controller_options.setdefault("lr", TABULAR_CONTROLLER_LR)
-    policy = make_policy(strategy, space.decisions, seed=seed, **controller_options)
-    result = TabularResult(strategy)
+    reward_fn = RewardFunction(strategy, schedule, sms_target or default_sms_target(benchmark))
     budget = min(budget, len(benchmark))
+    if strategy in POPULATION_STRATEGIES:
+        policy_options = {**population_options(strategy, budget), **policy_options}
+    elif strategy != "random":
+        policy_options.setdefault("lr", TABULAR_CONTROLLER_LR)
+    policy = make_policy(strategy, space.decisions, seed=seed, **policy_options)
+    result = TabularResult(strategy)
     max_steps = MAX_SAMPLES_PER_QUERY * budget // samples_per_step + 1
     while result.queries < budget and result.controller_steps < max_steps:
         position = min(schedule.total_steps - 1, result.queries * schedule.total_steps // budget)
         sample = policy.sample(samples_per_step)
-        rewards = []
+        rewards, objectives = [], []
         for arch in sample.archs:
             if arch not in result.queried:
                 if result.queries >= budget:
                     break
-                result.queried[arch] = (space.flops(arch), benchmark.query(arch))
+                result.queried[arch] = (benchmark.flops(arch), benchmark.query(arch))
             flops, accuracy = result.queried[arch]
             rewards.append(reward_fn(accuracy / 100, flops, position))
+            objectives.append((accuracy / 100, flops))
         if len(rewards) == len(sample.archs):
-            policy.update(sample, rewards)
+            policy.update(sample, rewards, objectives)
         result.controller_steps += 1
     true_hv, ref_flops, ref_accuracy = true_front_reference(benchmark)
     found_flops = [v[0] for v in result.queried.values()]
@@ -114,9 +130,20 @@ def tabular_search(
 
 
 @dataclass(frozen=True)
+class PairedTest:
+    """One strategy against another over the same seeds."""
+    wins: int  # seeds on which the strategy's hypervolume ratio is higher
+    ties: int
+    seeds: int
+    mean_difference: float
+    p_value: float  # two-sided exact Wilcoxon signed-rank test
+
+
+@dataclass(frozen=True)
 class StrategyComparison:
     strategy: str
     runs: tuple[TabularResult, ...]  # one per seed
+    seeds: tuple[int, ...]
 
     @property
     def hypervolume_ratios(self) -> list[float]:
@@ -130,17 +157,43 @@ class StrategyComparison:
     def stdev(self) -> float:
         return statistics.stdev(self.hypervolume_ratios) if len(self.runs) > 1 else 0.0
 
+    def against(self, other: "StrategyComparison") -> PairedTest:
+        """Paired by seed, one difference per seed; the test asks whether the differences
+        are centred on zero."""
+        if self.seeds != other.seeds:
+            raise ValueError(f"{self.strategy} and {other.strategy} ran different seeds; compare them on the same ones")
+        differences = [a - b for a, b in zip(self.hypervolume_ratios, other.hypervolume_ratios)]
+        return PairedTest(sum(d > 0 for d in differences), sum(d == 0 for d in differences), len(differences),
+                          statistics.fmean(differences), wilcoxon_signed_rank(differences))
+
 
 def compare_strategies(benchmark: TabularBenchmark, strategies: Sequence[str], budget: int,
-                       seeds: Sequence[int], schedule: CasSchedule | None = None) -> list[StrategyComparison]:
+                       seeds: Sequence[int], schedule: CasSchedule | None = None,
+                       sms_target: float | None = None) -> list[StrategyComparison]:
     """Each strategy over the same seeds and budget: one seed is noise (random search
     alone spans 0.85..0.94 hypervolume ratio at 500 queries)."""
     if not seeds:
         raise ValueError("compare_strategies needs at least one seed")
-    return [StrategyComparison(s, tuple(tabular_search(benchmark, s, budget=budget, schedule=schedule, seed=k)
-                                        for k in seeds))
+    seeds = tuple(seeds)
+    return [StrategyComparison(s, tuple(tabular_search(benchmark, s, budget=budget, schedule=schedule, seed=k,
+                                                       sms_target=sms_target)
+                                        for k in seeds), seeds)
             for s in strategies]
 
 
-__all__ = ["StrategyComparison", "TabularResult", "compare_strategies", "default_tabular_schedule",
-           "pareto_front", "tabular_search", "true_front_reference"]
+def comparison_table(comparisons: Sequence[StrategyComparison], baseline: str = "random") -> str:
+    """A readable table: mean ± sd of the hypervolume ratio, and against ``baseline``
+    (when it ran) the seeds won and the paired test's p-value."""
+    base = next((c for c in comparisons if c.strategy == baseline), None)
+    lines = [f"{'strategy':>10}  {'mean':>6}  {'sd':>6}" + (f"  wins vs {baseline}  p (Wilcoxon)" if base else "")]
+    for c in comparisons:
+        line = f"{c.strategy:>10}  {c.mean:.4f}  {c.stdev:.4f}"
+        if base is not None and c is not base:
+            test = c.against(base)
+            line += f"  {test.wins:>4}/{test.seeds:<{len(baseline) + 4}}  {test.p_value:.3g}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+__all__ = ["PairedTest", "StrategyComparison", "TabularResult", "compare_strategies", "comparison_table",
+           "default_sms_target", "default_tabular_schedule", "pareto_front", "tabular_search", "true_front_reference"]

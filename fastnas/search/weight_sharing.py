@@ -1,5 +1,5 @@
-"""The weight-sharing search loop of seed 000 (Algorithm CAS; ENAS, SMS and random
-search through the same loop).
+"""The weight-sharing search loop of seed 000 (Algorithm CAS; ENAS, SMS, random search,
+aging evolution and NSGA-II through the same loop).
 
 Every step: train the shared supernet weights on the train split for ``child_steps``
 minibatches, each on one path sampled from the policy (M = 1); update the controller
@@ -23,7 +23,7 @@ from fastnas import data as data_module
 from fastnas.distributed import DistributedContext, sync_batch_norm
 from fastnas.precision import autocast
 from fastnas.search.checkpoint import atomic_save, load_checked
-from fastnas.search.policies import RewardFunction, make_policy
+from fastnas.search.policies import POPULATION_STRATEGIES, RewardFunction, make_policy, population_options
 from fastnas.search.rewards import CasSchedule
 from fastnas.spaces.canas import CanasSpace
 from fastnas.spaces.enas_chain import EnasChainSpace
@@ -140,12 +140,15 @@ class WeightSharingSearch:
             sync_batch_norm(self.supernet)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.child_lr,
                                          momentum=config.momentum, weight_decay=config.weight_decay)
-        self.policy = make_policy(
-            config.strategy, self.space.decisions, seed=config.seed,
-            **({} if config.strategy == "random" else dict(
-                lr=config.controller_lr, tanh_constant=config.tanh_constant,
-                entropy_weight=config.entropy_weight, baseline_decay=config.baseline_decay)),
-        )
+        if config.strategy == "random":
+            policy_options = {}
+        elif config.strategy in POPULATION_STRATEGIES:
+            evaluations = config.schedule.total_steps * config.controller_steps * config.controller_samples
+            policy_options = population_options(config.strategy, evaluations)
+        else:
+            policy_options = dict(lr=config.controller_lr, tanh_constant=config.tanh_constant,
+                                  entropy_weight=config.entropy_weight, baseline_decay=config.baseline_decay)
+        self.policy = make_policy(config.strategy, self.space.decisions, seed=config.seed, **policy_options)
         self.reward_fn = RewardFunction(config.strategy, config.schedule, config.sms_target)
         self.train_loader = data_module.BatchLoader(splits.train, splits.name, config.batch_size, self.device,
                                                     augment=True, resize=config.resize, seed=config.seed)
@@ -213,12 +216,10 @@ class WeightSharingSearch:
         for _ in range(self.config.controller_steps):
             sample = self.policy.sample(self.config.controller_samples)
             batch = [self.valid_loader.next()]
-            rewards = [
-                self.reward_fn(path_accuracy(self.supernet, arch, batch, self.distributed), self.space.flops(arch),
-                               self.step)
-                for arch in sample.archs
-            ]
-            reward = self.policy.update(sample, rewards).mean_reward
+            objectives = [(path_accuracy(self.supernet, arch, batch, self.distributed), self.space.flops(arch))
+                          for arch in sample.archs]
+            rewards = [self.reward_fn(accuracy, flops, self.step) for accuracy, flops in objectives]
+            reward = self.policy.update(sample, rewards, objectives).mean_reward
         return reward
 
     def _record(self, loss: float, reward: float) -> dict:
@@ -265,14 +266,18 @@ class WeightSharingSearch:
 
     def select_and_finetune(self, samples: int, train_config) -> dict:
         """Seed 003's last step: sample ``samples`` architectures from the trained
-        controller, keep the best on the validation split, and fine-tune it (starting
+        controller (the leading members of an evolved population), keep the best on the validation split, and fine-tune it (starting
         from the shared weights) with ``train_config``."""
         from fastnas.train import train_network
 
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
-        with torch.no_grad():
-            candidates = self.distributed.broadcast(list(dict.fromkeys(self.policy.sample(samples).archs)))
+        if self.config.strategy in POPULATION_STRATEGIES:
+            drawn = self.policy.leading(samples)  # evaluated members, not untried offspring
+        else:
+            with torch.no_grad():
+                drawn = self.policy.sample(samples).archs
+        candidates = self.distributed.broadcast(list(dict.fromkeys(drawn)))
         size, batches = self.config.batch_size, self.config.eval_batches
         scored = [
             (path_accuracy(self.supernet, arch, data_module.iterate(self.splits.valid, self.splits.name, size,

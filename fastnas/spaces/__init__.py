@@ -5,7 +5,8 @@ from fastnas.spaces.base import Architecture, SearchSpace
 from fastnas.spaces.canas import CanasSpace, CanasSupernet
 from fastnas.spaces.darts import DartsGenotypeSpace, DartsSupernet
 from fastnas.spaces.enas_chain import EnasChainSpace
-from fastnas.spaces.nasbench201 import NasBench201Space
+from fastnas.spaces.nasbench201 import NasBench201Space, nasbench201_benchmark
+from fastnas.spaces.tabular import TableSpace, TabularBenchmark
 
 __all__ = [
     "Architecture",
@@ -16,4 +17,7 @@ __all__ = [
     "EnasChainSpace",
     "NasBench201Space",
     "SearchSpace",
+    "TableSpace",
+    "TabularBenchmark",
+    "nasbench201_benchmark",
 ]

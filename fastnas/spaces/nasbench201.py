@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 space (Dong & Yang 2020) and a tabular oracle over its benchmark.
+"""The NAS-Bench-201 space (Dong & Yang 2020) and its benchmark table.
 
 A cell has 4 nodes; node i sums one op on each edge from every earlier node, 6 edges in
 all, in the order of the benchmark's architecture strings
@@ -8,7 +8,6 @@ three stages of 5 cells (C = 16, 32, 64) joined by residual stride-2 blocks, BN-
 global pooling, FC.
 """
 
-import csv
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from fastnas.flops import Counts, count
 from fastnas.spaces.base import Architecture, PerDecisionCostSpace
+from fastnas.spaces.tabular import TabularBenchmark
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), string order
@@ -178,42 +178,14 @@ class NasBench201Space(PerDecisionCostSpace):
         return fixed, [per_op] * len(EDGES)
 
 
-class TabularBenchmark:
-    """Accuracies of every NAS-Bench-201 cell read from a benchmark CSV (columns
-    ``CIFAR10TestAccuracy200Epochs``, ``CIFAR100TestAccuracy200Epochs``,
-    ``ImageNetTestAccuracy200Epochs``, ``ArchitectureString``), queried by architecture.
-    The file is user-supplied; fastnas never bundles it."""
-
-    def __init__(self, path: str | Path, dataset: str = "cifar10", space: NasBench201Space | None = None):
-        if dataset not in DATASET_COLUMNS:
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_COLUMNS)}")
-        self.space = space or NasBench201Space(num_classes={"cifar10": 10, "cifar100": 100}.get(dataset, 120))
-        self.dataset = dataset
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"benchmark file {self.path} does not exist; pass the path of nats_bench.csv")
-        column = DATASET_COLUMNS[dataset]
-        self.accuracy: dict[Architecture, float] = {}
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {column, "ArchitectureString"} - set(reader.fieldnames or [])
-            if missing:
-                raise ValueError(f"{self.path} is not a NAS-Bench-201 table: missing columns {sorted(missing)}")
-            for line, row in enumerate(reader, start=2):
-                try:
-                    arch = self.space.decode(row["ArchitectureString"])
-                    self.accuracy[arch] = float(row[column])
-                except (ValueError, TypeError) as error:
-                    raise ValueError(f"{self.path}, line {line}: {error}") from None
-        if not self.accuracy:
-            raise ValueError(f"{self.path} holds no architectures")
-
-    def __len__(self) -> int:
-        return len(self.accuracy)
-
-    def query(self, arch: Sequence[int]) -> float:
-        """Test accuracy (%) after 200 epochs."""
-        arch = self.space.validate(arch)
-        if arch not in self.accuracy:
-            raise KeyError(f"{self.space.encode(arch)} is not in {self.path}")
-        return self.accuracy[arch]
+def nasbench201_benchmark(path: str | Path, dataset: str = "cifar10",
+                          space: NasBench201Space | None = None) -> TabularBenchmark:
+    """The 200-epoch test accuracies of every NAS-Bench-201 cell on ``dataset``, read from
+    the benchmark's CSV (columns ``CIFAR10TestAccuracy200Epochs``,
+    ``CIFAR100TestAccuracy200Epochs``, ``ImageNetTestAccuracy200Epochs``,
+    ``ArchitectureString``). The file is user-supplied; fastnas never bundles it."""
+    if dataset not in DATASET_COLUMNS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_COLUMNS)}")
+    space = space or NasBench201Space(num_classes={"cifar10": 10, "cifar100": 100}.get(dataset, 120))
+    return TabularBenchmark.from_file(path, "ArchitectureString", DATASET_COLUMNS[dataset], space=space,
+                                      name=f"NAS-Bench-201 {dataset}")
