@@ -45,6 +45,12 @@ def load_table(csv_path: str, table: str) -> TabularBenchmark:
     return TabularBenchmark.from_records(space, {renumber[a]: acc for a, acc in kept.items()}, name=table)
 
 
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; the controller is too small to split
+
+
 def _run(job):
     csv_path, table, strategy, seed, budget = job
     return table, strategy, seed, tabular_search(load_table(csv_path, table), strategy, budget=budget, seed=seed)
@@ -68,7 +74,8 @@ def main(argv=None) -> int:
     jobs = [(args.csv, t, s, k, budgets[t]) for t in TABLES for s in STRATEGIES for k in seeds]
     runs = {}
     # spawn, not fork: the parent's torch thread pool does not survive a fork.
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
         for done, (table, strategy, seed, result) in enumerate(pool.map(_run, jobs, chunksize=4), start=1):
             runs[table, strategy, seed] = result
             print(f"\r{done}/{len(jobs)} runs", end="", file=sys.stderr, flush=True)

@@ -4,9 +4,11 @@ the update of one process with batch B, rank 0 alone writes, torchrun launches t
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -230,3 +232,55 @@ def test_sync_batch_norm_keeps_parameters_and_dtype():
     synced = sync_batch_norm(model)[0]
     assert type(synced).__name__ == "SyncBatchNorm2d" and synced.weight.dtype == torch.float64
     assert torch.equal(synced.running_mean, torch.full((3,), 0.5, dtype=torch.float64))
+
+
+def _rank_processes(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes torchrun started."""
+    ranks = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environment = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == launcher_pid and b"RANK" in environment:
+            ranks[int(environment[b"RANK"])] = int(entry)
+    return ranks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
+def test_a_killed_rank_ends_the_search_and_resume_completes_it(tmp_path):
+    """Rank 1 killed mid-search: the job ends (no hang) with the failure named; --resume
+    on 2 processes then ends with the records of an uninterrupted 2-process search."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "--max-restarts", "0", "-m", "fastnas", "search", "--steps", "1", "2", "3", "--period", "2",
+              "--child-steps", "2", "--batch-size", "32", "--device", "cpu", "--quiet", "--out"]
+    uninterrupted = subprocess.run(launch + [str(tmp_path / "full")], capture_output=True, text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    job = subprocess.Popen(launch + [str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = out / "records.jsonl"
+        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            assert job.poll() is None, job.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.kill(_rank_processes(job.pid)[1], signal.SIGKILL)
+        _, stderr = job.communicate(timeout=120)  # ends, does not hang on the dead peer
+    finally:
+        job.kill()
+    assert job.returncode != 0
+    assert "exitcode  : -9" in stderr and "Signal 9 (SIGKILL)" in stderr  # torchrun names the killed rank
+    done_before = len(log.read_text().splitlines())
+    assert 2 <= done_before < 6
+
+    resumed = subprocess.run(launch + [str(out), "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    again = json.loads((out / "results.json").read_text())
+    assert again["records"] == full["records"] and again["chosen"] == full["chosen"]
+    assert log.read_text() == (tmp_path / "full" / "records.jsonl").read_text()

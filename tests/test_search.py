@@ -229,9 +229,10 @@ def _tiny_config(**overrides):
                         **overrides)
 
 
-def test_search_resumed_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("strategy", ["cas", "nsga2", "evolution"])
+def test_search_resumed_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, strategy):
     splits = data.load("digits")
-    full = WeightSharingSearch(_tiny_config(), splits, tmp_path / "full").run()
+    full = WeightSharingSearch(_tiny_config(strategy=strategy), splits, tmp_path / "full").run()
 
     class Killed(Exception):
         pass
@@ -240,10 +241,10 @@ def test_search_resumed_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
         if record["step"] == 1:
             raise Killed
 
-    partial = WeightSharingSearch(_tiny_config(), splits, tmp_path / "resumed")
+    partial = WeightSharingSearch(_tiny_config(strategy=strategy), splits, tmp_path / "resumed")
     with pytest.raises(Killed):
         partial.run(kill_after_two)
-    resumed = WeightSharingSearch(_tiny_config(), splits, tmp_path / "resumed")
+    resumed = WeightSharingSearch(_tiny_config(strategy=strategy), splits, tmp_path / "resumed")
     resumed.resume()
     assert resumed.step == 2 and len(resumed.records) == 2  # nothing recorded was lost
     records = resumed.run()

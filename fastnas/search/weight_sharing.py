@@ -186,6 +186,8 @@ class WeightSharingSearch:
         self.valid_loader.load_state_dict(state["valid_loader"])
         self.step = state["step"]
         self.records = list(state["records"])
+        if self.distributed.is_main:  # a kill between the checkpoint and the log's line leaves them apart
+            (self.out_dir / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     # ---- one search step -----------------------------------------------------------
     def _sample_path(self) -> tuple[int, ...]:
