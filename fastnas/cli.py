@@ -279,7 +279,8 @@ def _search_weight_sharing(args) -> int:
             best = max(best, record["acc_valid"])
             if board:
                 board.search_step(record, search.policy.choice_probabilities())
-            bar.set_postfix(phase=record["phase"], F=f"{record['target_flops'] / 1e6:.2f}M",
+            target = record["target_flops"]
+            bar.set_postfix(phase=record["phase"], F="-" if target is None else f"{target / 1e6:.2f}M",
                             reward=f"{record['reward']:.3f}", best=f"{100 * best:.1f}%", refresh=False)
             bar.update(1)
 

@@ -22,7 +22,8 @@ class TensorBoardLog:
                          ("accuracy/test", "acc_test")):
             self.writer.add_scalar(tag, record[key], step)
         self.writer.add_scalar("flops/sampled_M", record["flops"] / 1e6, step)
-        self.writer.add_scalar("flops/target_M", record["target_flops"] / 1e6, step)
+        if record["target_flops"] is not None:  # strategies without a FLOPs target have none
+            self.writer.add_scalar("flops/target_M", record["target_flops"] / 1e6, step)
         for decision, probabilities in enumerate(choice_probabilities):
             for choice, probability in enumerate(probabilities):
                 self.writer.add_scalar(f"controller/decision_{decision}/choice_{choice}", probability, step)
