@@ -20,7 +20,7 @@ from fastnas import data as data_module
 from fastnas.precision import AMP_DTYPES
 from fastnas.search.policies import STRATEGIES
 DARTS_STRATEGIES = ("darts", "darts-multilevel")
-TABULAR_SPACES = ("nasbench201", "table")
+TABULAR_SPACES = ("nasbench201", "nasbench_graph", "table")
 from fastnas.search.rewards import CasSchedule
 
 # Seed 000's F range is for its 224x224 space (cheapest network ~83M); other variants
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = commands.add_parser("search", help="run an architecture search")
     s.add_argument("--space", choices=("canas", "enas_chain") + TABULAR_SPACES, default="canas",
-                   help="nasbench201 / table: strategies judged on a tabular benchmark (--benchmark)")
+                   help="nasbench201 / nasbench_graph / table: strategies judged on a tabular benchmark")
     s.add_argument("--strategy", choices=STRATEGIES + DARTS_STRATEGIES,
                    help="default: cas (enas on --space enas_chain; on a table every strategy but DARTS)")
     s.add_argument("--dataset", choices=data_module.DATASETS, default="digits")
@@ -106,10 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--layers", type=POSITIVE_INT, help="cells (default 5 on the digits, 8 otherwise)")
     d.add_argument("--gamma", type=NON_NEGATIVE, help="weight of the architecture entropy (default 1 multi-level, 0 darts)")
     d.add_argument("--second-order", action="store_true", help="unrolled second-order DARTS")
-    b = s.add_argument_group("tabular benchmarks (--space nasbench201 / table)")
-    b.add_argument("--benchmark", help="the table: NAS-Bench-201's CSV, or one's own CSV / JSON (--space table)")
-    b.add_argument("--benchmark-dataset", choices=("cifar10", "cifar100", "imagenet16-120"), default="cifar10",
-                   help="NAS-Bench-201's accuracy column")
+    b = s.add_argument_group("tabular benchmarks (--space nasbench201 / nasbench_graph / table)")
+    b.add_argument("--benchmark", help="the table: NAS-Bench-201's CSV, one's own CSV / JSON (--space table), or a "
+                                       "NAS-Bench-Graph .bench file (default: the nas-bench-graph package's)")
+    b.add_argument("--benchmark-dataset",
+                   help="NAS-Bench-201: cifar10 (default), cifar100, imagenet16-120; NAS-Bench-Graph: cora (default), "
+                        "citeseer, pubmed, cs, physics, photo, computers, arxiv")
+    b.add_argument("--cost", choices=("latency", "params"), default="latency",
+                   help="--space nasbench_graph: the cost the strategies minimise")
     b.add_argument("--arch-column", default="arch", help="--space table: column of the architectures (0-2-1)")
     b.add_argument("--accuracy-column", default="accuracy", help="--space table: column of the accuracies (%%)")
     b.add_argument("--flops-column", default="flops", help="--space table: column of the FLOPs")
@@ -371,16 +375,19 @@ def _search_tabular(args) -> int:
     from fastnas.search.tabular import (TABULAR_SAMPLES_PER_STEP, compare_strategies, comparison_table,
                                         default_tabular_schedule)
     from fastnas.spaces.nasbench201 import nasbench201_benchmark
+    from fastnas.spaces.nasbench_graph import nasbench_graph_benchmark
     from fastnas.spaces.tabular import TabularBenchmark
 
-    if not args.benchmark:
+    if not args.benchmark and args.space != "nasbench_graph":
         example = "the NAS-Bench-201 CSV, e.g. nats_bench.csv" if args.space == "nasbench201" else "a CSV or JSON table"
         raise ValueError(f"--space {args.space} needs --benchmark PATH ({example})")
     if args.strategy in DARTS_STRATEGIES:
         raise ValueError(f"--space {args.space} runs the sampling strategies ({', '.join(STRATEGIES)}), not DARTS")
     out = _writable(args.out)
     if args.space == "nasbench201":
-        benchmark = nasbench201_benchmark(args.benchmark, args.benchmark_dataset)
+        benchmark = nasbench201_benchmark(args.benchmark, args.benchmark_dataset or "cifar10")
+    elif args.space == "nasbench_graph":
+        benchmark = nasbench_graph_benchmark(args.benchmark_dataset or "cora", args.cost, args.benchmark)
     else:
         benchmark = TabularBenchmark.from_file(args.benchmark, args.arch_column, args.accuracy_column,
                                                args.flops_column)

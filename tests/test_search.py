@@ -120,7 +120,8 @@ def test_cli_tabular_search_reports_every_seed(tmp_path, capsys):
     assert "seeds 4..6" in printed and "wins vs random" in printed
     runs = json.loads((out / "tabular.json").read_text())
     assert set(runs) == set(STRATEGIES)
-    table_rows = {line.split()[0]: line.split() for line in printed.splitlines()[2:2 + len(STRATEGIES)]}
+    table_rows = {line.split()[0]: line.split() for line in printed.splitlines()
+                  if line.split() and line.split()[0] in STRATEGIES}
     for strategy in STRATEGIES:  # the printed mean is the mean of the recorded runs
         assert float(table_rows[strategy][1]) == pytest.approx(
             sum(r["hypervolume_ratio"] for r in runs[strategy]) / 3, abs=1e-4)

@@ -11,16 +11,23 @@ from dataclasses import dataclass
 
 import torch
 
+from fastnas.search.bayesian import BayesianParetoSearch
 from fastnas.search.controller import LSTMController
 from fastnas.search.evolution import AgingEvolution, Nsga2
 from fastnas.search.rewards import CasSchedule, CasState, cas_reward, enas_reward, sms_reward
 
-STRATEGIES = ("cas", "sms", "enas", "random", "evolution", "nsga2")
+STRATEGIES = ("cas", "sms", "enas", "random", "evolution", "nsga2", "mobo")
 # The reward each strategy's policy learns from. Aging evolution takes the CAS reward as
 # its fitness, so the population follows the annealed FLOPs target along the front;
 # NSGA-II ranks (accuracy, FLOPs) itself and reports accuracy as its reward.
-REWARDS = {"cas": "cas", "sms": "sms", "enas": "enas", "random": "enas", "evolution": "cas", "nsga2": "enas"}
+# mobo models accuracy and ranks by the hypervolume it expects to add, like NSGA-II.
+REWARDS = {"cas": "cas", "sms": "sms", "enas": "enas", "random": "enas", "evolution": "cas", "nsga2": "enas",
+           "mobo": "enas"}
 POPULATION_STRATEGIES = ("evolution", "nsga2")
+REINFORCE_STRATEGIES = ("cas", "sms", "enas")
+# Strategies that model accuracies as fixed facts of each architecture: a table's, not
+# a supernet's, whose accuracies drift as it trains.
+TABULAR_ONLY_STRATEGIES = ("mobo",)
 
 
 class RewardFunction:
@@ -155,9 +162,14 @@ def population_options(strategy: str, evaluations: int) -> dict:
     return {"population_size": size, **({"tournament_size": max(2, size // 5)} if strategy == "evolution" else {})}
 
 
-def make_policy(strategy: str, decisions: Sequence[int], seed: int = 0, **options):
+def make_policy(strategy: str, decisions: Sequence[int], seed: int = 0, flops=None, candidates=None, **options):
     """The policy of a strategy; ``options`` go to its constructor (controller options for
-    the REINFORCE strategies, population options for evolution and nsga2)."""
+    the REINFORCE strategies, population options for evolution and nsga2). mobo needs
+    ``flops`` (arch -> FLOPs) and takes ``candidates`` (the architectures that exist)."""
+    if strategy == "mobo":
+        if flops is None:
+            raise ValueError("mobo needs flops, a function giving each architecture's FLOPs")
+        return BayesianParetoSearch(decisions, flops, candidates, seed=seed, **options)
     if strategy == "random":
         return RandomPolicy(decisions, seed)
     if strategy == "evolution":

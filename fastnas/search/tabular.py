@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fastnas.search.pareto import hypervolume, pareto_front
-from fastnas.search.policies import POPULATION_STRATEGIES, RewardFunction, make_policy, population_options
+from fastnas.search.policies import (POPULATION_STRATEGIES, REINFORCE_STRATEGIES, RewardFunction, make_policy,
+                                     population_options)
 from fastnas.search.rewards import CasSchedule
 from fastnas.search.significance import wilcoxon_signed_rank
 from fastnas.spaces.tabular import TabularBenchmark
@@ -102,8 +103,10 @@ def tabular_search(
     budget = min(budget, len(benchmark))
     if strategy in POPULATION_STRATEGIES:
         policy_options = {**population_options(strategy, budget), **policy_options}
-    elif strategy != "random":
+    elif strategy in REINFORCE_STRATEGIES:
         policy_options.setdefault("lr", TABULAR_CONTROLLER_LR)
+    if strategy == "mobo":
+        policy_options = {"flops": benchmark.flops, "candidates": list(benchmark.accuracy), **policy_options}
     policy = make_policy(strategy, space.decisions, seed=seed, **policy_options)
     result = TabularResult(strategy)
     max_steps = MAX_SAMPLES_PER_QUERY * budget // samples_per_step + 1

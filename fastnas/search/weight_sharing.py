@@ -24,7 +24,8 @@ from fastnas import data as data_module
 from fastnas.distributed import DistributedContext, sync_batch_norm
 from fastnas.precision import autocast
 from fastnas.search.checkpoint import atomic_save, load_checked
-from fastnas.search.policies import POPULATION_STRATEGIES, RewardFunction, make_policy, population_options
+from fastnas.search.policies import (POPULATION_STRATEGIES, TABULAR_ONLY_STRATEGIES, RewardFunction, make_policy,
+                                     population_options)
 from fastnas.search.rewards import CasSchedule
 from fastnas.spaces.canas import CanasSpace
 from fastnas.spaces.enas_chain import EnasChainSpace
@@ -71,6 +72,10 @@ class SearchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.controller_steps < 0:
             raise ValueError(f"controller_steps must be >= 0, got {self.controller_steps}")
+        if self.strategy in TABULAR_ONLY_STRATEGIES:
+            raise ValueError(f"strategy {self.strategy} models each architecture's accuracy as fixed, and a "
+                             "supernet's drifts as it trains; run it on a table (--space nasbench201 or table), "
+                             "or use evolution or nsga2 over the supernet")
 
 
 @contextlib.contextmanager
