@@ -132,6 +132,22 @@ def test_torchrun_launches_fastnas_train(tmp_path):
     assert result["processes"] == 2 and result["allreduce_bytes_per_step"] > 0
 
 
+def test_one_process_under_torchrun_is_the_plain_run(tmp_path):
+    """torchrun --nproc_per_node 1 sets WORLD_SIZE=1: fastnas then makes no process group
+    and no collective, so a DARTS search is the plain run, step for step (the 1-GPU speed
+    check of a data-parallel launch compares identical code)."""
+    flags = ["-m", "fastnas", "search", "--strategy", "darts", "--epochs", "1", "--steps-per-epoch", "2",
+             "--channels", "4", "--layers", "3", "--device", "cpu", "--quiet", "--out"]
+    plain = subprocess.run([sys.executable, *flags, str(tmp_path / "plain")], capture_output=True, text=True,
+                           timeout=300)
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                               *flags, str(tmp_path / "torchrun")], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and launched.returncode == 0, (plain.stderr[-1000:], launched.stderr[-1000:])
+    history = [json.loads((tmp_path / run / "history.json").read_text())["history"] for run in ("plain", "torchrun")]
+    assert history[0] == history[1] and history[0][0]["allreduce_bytes_per_step"] == 0
+    assert DistributedContext.from_environment(torch.device("cpu")).active is False and not dist.is_initialized()
+
+
 def _search_config():
     from fastnas.search.rewards import CasSchedule
     from fastnas.search.weight_sharing import SearchConfig
