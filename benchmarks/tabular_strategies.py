@@ -84,8 +84,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     seeds = tuple(range(*args.seeds))
-    tables = NASBENCH201_TABLES + (GRAPH_TABLES if graph_available() else ())
-    if not graph_available():
+    with_graph = graph_available()
+    tables = NASBENCH201_TABLES + (GRAPH_TABLES if with_graph else ())
+    if not with_graph:
         print("nas-bench-graph is not installed (pip install nas-bench-graph): NAS-Bench-201 tables only",
               file=sys.stderr)
     sizes = {table: len(load_table(args.csv, table)) for table in tables}

@@ -241,7 +241,6 @@ class BayesianParetoSearch:
         uniform = self._uniform_draws(max(self.pool_size - len(neighbours), self.pool_size // 2), set(neighbours))
         return uniform + list(neighbours)
 
-
     # ---- the policy interface --------------------------------------------------------
     def sample(self, n: int) -> PopulationSample:
         if len(self.observations) < self.initial_samples:
@@ -254,14 +253,14 @@ class BayesianParetoSearch:
         # accuracies censored there: how bad a broken cell is would only blur the top.
         ref_accuracy = statistics.median(acc for _, acc, _ in self.observations[:self.initial_samples])
         recent = self.observations[-self.max_observations:]
-        log_flops = torch.tensor([math.log(max(f, 1e-30)) for _, _, f in recent], dtype=torch.float64)
+        log_flops = _log(torch.tensor([f for _, _, f in recent], dtype=torch.float64))
         centre, scale = float(log_flops.mean()), float(log_flops.std()) if len(recent) > 1 else 1.0
         scale = scale if scale > 0 else 1.0
         pool_flops = torch.tensor([self._flops(a) for a in pool], dtype=torch.float64)
         self.ref_flops = max(self.ref_flops, float(pool_flops.max()), max(f for _, _, f in self.observations))
         accuracy = torch.tensor([acc for _, acc, _ in recent], dtype=torch.float64).clamp_min(ref_accuracy)
         self.model.fit([a for a, _, _ in recent], (log_flops - centre) / scale, accuracy)
-        mean, variance, cross = self.model.predict(pool, (pool_flops.clamp_min(1e-30).log() - centre) / scale)
+        mean, variance, cross = self.model.predict(pool, (_log(pool_flops) - centre) / scale)
         front = [(f, a) for _, a, f in (self.observations[i] for i in self._front_indices())]
         chosen: list[int] = []
         conditioned: list[torch.Tensor] = []  # per pick, its normalised covariance with the pool
@@ -322,6 +321,10 @@ class BayesianParetoSearch:
         self.model.raw = torch.tensor(state["hyperparameters"], dtype=torch.float64)
         self.model.fitted_size = int(state["fitted_size"])
         self.ref_flops = float(state["ref_flops"])
+
+
+def _log(flops: torch.Tensor) -> torch.Tensor:
+    return flops.clamp_min(1e-30).log()  # a zero-cost architecture stays finite
 
 
 def _non_dominated(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -45,8 +45,8 @@ class RewardFunction:
     def state(self, step: int) -> CasState:
         if self.reward == "cas":
             return self.schedule.at(step)
-        target = self.sms_target if self.reward == "sms" else float("nan")
-        return CasState(self.reward, target, 1.0, float("nan"))
+        target = self.sms_target if self.reward == "sms" else None
+        return CasState(self.reward, target, 1.0, None)
 
     def __call__(self, accuracy: float, flops: float, step: int) -> float:
         if self.reward == "cas":

@@ -41,9 +41,9 @@ def cas_reward(accuracy: float, flops: float, target: float, lam: float, delta: 
 @dataclass(frozen=True)
 class CasState:
     phase: str  # "warm", "slow", "fast"
-    target: float  # F
+    target: float | None  # F; None for rewards without a FLOPs target
     lam: float
-    delta: float
+    delta: float | None  # None outside CAS
 
 
 @dataclass(frozen=True)

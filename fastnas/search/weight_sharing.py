@@ -11,7 +11,6 @@ is saved atomically, so a killed search resumes where it stopped.
 
 import contextlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -240,7 +239,7 @@ class WeightSharingSearch:
         return {
             "step": self.step,
             "phase": state.phase,
-            "target_flops": state.target if math.isfinite(state.target) else None,  # None: no FLOPs target
+            "target_flops": state.target,
             "arch": list(arch),
             "encoding": self.space.encode(arch),
             "flops": self.space.flops(arch),

@@ -14,6 +14,7 @@ integer: the structure's index, then one base-10 digit per node's op.
 """
 
 import importlib.util
+import itertools
 import pickle
 from pathlib import Path
 
@@ -58,8 +59,7 @@ def nasbench_graph_benchmark(dataset: str = "cora", cost: str = "latency",
         raise FileNotFoundError(f"NAS-Bench-Graph table {path} does not exist")
     with path.open("rb") as f:
         table = pickle.load(f)  # the benchmark's own format; read only files from its package
-    archs = [tuple(index // len(OPS) ** (LAYERS - 1 - i) % len(OPS) for i in range(LAYERS))
-             for index in range(len(OPS) ** LAYERS)]
+    archs = list(itertools.product(range(len(OPS)), repeat=LAYERS))
     missing = [a for a in archs if chain_key(a) not in table]
     if missing:
         raise ValueError(f"{path} lacks {len(missing)} chain architectures (e.g. ops "
