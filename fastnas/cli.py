@@ -372,6 +372,7 @@ def _search_darts(args) -> int:
 
 
 def _search_tabular(args) -> int:
+    from fastnas.search.policies import REINFORCE_STRATEGIES
     from fastnas.search.tabular import (TABULAR_SAMPLES_PER_STEP, compare_strategies, comparison_table,
                                         default_tabular_schedule)
     from fastnas.spaces.nasbench201 import nasbench201_benchmark
@@ -397,6 +398,10 @@ def _search_tabular(args) -> int:
     schedule = dataclasses.replace(default_tabular_schedule(benchmark, args.budget, TABULAR_SAMPLES_PER_STEP),
                                    **overrides)
     strategies = STRATEGIES if args.strategy is None else tuple(dict.fromkeys((args.strategy, "random")))
+    if args.strategy is None and not benchmark.complete:
+        strategies = tuple(s for s in strategies if s not in REINFORCE_STRATEGIES)
+        print(f"{benchmark.name} holds {len(benchmark)} of the {benchmark.space_size} architectures of its space; "
+              f"{', '.join(REINFORCE_STRATEGIES)} sample the whole space, so they are left out", flush=True)
     seeds = range(args.seed, args.seed + args.repeats)
     print(f"{benchmark.name}: {', '.join(strategies)} with {args.budget} queries each "
           f"({100 * args.budget / len(benchmark):.1f}% of {len(benchmark)}), seeds {seeds.start}..{seeds.stop - 1}",

@@ -157,6 +157,39 @@ def test_bad_tables_are_named_with_the_fix(tmp_path, content, arguments, message
         TabularBenchmark.from_file(path, *arguments)
 
 
+def sparse_table() -> TabularBenchmark:
+    """A third of the synthetic space: what a user who trained a sample of it holds."""
+    full = synthetic_table()
+    kept = {a: acc for a, acc in full.accuracy.items() if sum(a) % 3 == 0}
+    return TabularBenchmark.from_records(full.space, kept, name="sampled")
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "nsga2", "mobo"])
+def test_a_table_of_part_of_its_space_is_searched_through_its_rows(strategy):
+    table = sparse_table()
+    assert not table.complete and len(table) == 81 < table.space_size == 243 and synthetic_table().complete
+    result = tabular_search(table, strategy, budget=40, seed=0)
+    assert result.queries == 40 and set(result.queried) <= set(table.accuracy)
+    everything = tabular_search(table, strategy, budget=len(table), seed=1)
+    assert everything.queries == 81 and everything.hypervolume_ratio == pytest.approx(1.0)
+
+
+def test_a_table_of_part_of_its_space_refuses_the_controller_with_the_fix(tmp_path, capsys):
+    with pytest.raises(ValueError, match="sampled holds 81 of the 243 architectures.*use random, evolution"):
+        tabular_search(sparse_table(), "cas", budget=20)
+    path = tmp_path / "sampled.csv"
+    table = sparse_table()
+    path.write_text("arch,accuracy,flops\n" + "".join(f"{table.space.encode(a)},{acc},{table.flops(a)}\n"
+                                                       for a, acc in table.accuracy.items()))
+    # Without --strategy, the strategies that can keep to the rows run; the others are named.
+    assert cli.main(["search", "--space", "table", "--benchmark", str(path), "--budget", "10",
+                     "--repeats", "2", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "cas, sms, enas sample the whole space, so they are left out" in printed
+    runs = json.loads((tmp_path / "out" / "tabular.json").read_text())
+    assert set(runs) == {"random", "evolution", "nsga2", "mobo"}
+
+
 def test_table_space_looks_up_but_builds_nothing():
     space = TableSpace([2, 3], {(0, 2): 5.0})
     assert space.flops((0, 2)) == 5.0 and space.decode("0-2") == (0, 2) == parse_architecture([0, 2])

@@ -40,9 +40,12 @@ class PopulationUpdate:
 
 
 class _PopulationPolicy:
-    """Shared parts: the generator, uniform draws, mutation, the record of what was seen."""
+    """Shared parts: the generator, uniform draws, mutation, the record of what was seen.
+    ``candidates`` restricts every sample to those architectures (a table that holds only
+    part of its space): draws come from them and other children are redrawn."""
 
-    def __init__(self, decisions: Sequence[int], population_size: int, seed: int):
+    def __init__(self, decisions: Sequence[int], population_size: int, seed: int,
+                 candidates: Sequence[Architecture] | None = None):
         if not decisions or min(decisions) < 1:
             raise ValueError(f"decisions must be a non-empty list of choice counts >= 1, got {decisions}")
         if population_size < 2:
@@ -51,6 +54,10 @@ class _PopulationPolicy:
         self.population_size = population_size
         self.generator = torch.Generator().manual_seed(seed)
         self.seen: set[Architecture] = set()
+        self.candidates = None if candidates is None else [tuple(a) for a in candidates]
+        if self.candidates is not None and not self.candidates:
+            raise ValueError("candidates must hold at least one architecture, or be None for the whole space")
+        self._candidate_set = None if self.candidates is None else set(self.candidates)
         self.baseline = None  # the REINFORCE policy's field; records read it
 
     def _integer(self, high: int) -> int:
@@ -60,10 +67,19 @@ class _PopulationPolicy:
         return float(torch.rand((), generator=self.generator))
 
     def _random_arch(self) -> Architecture:
+        if self.candidates is not None:
+            return self.candidates[self._integer(len(self.candidates))]
         return tuple(self._integer(n) for n in self.decisions)
 
     def _mutate_one(self, arch: Architecture) -> Architecture:
-        """One decision, drawn among those with a choice, set to a different value."""
+        """One decision, drawn among those with a choice, set to a different value. With
+        candidates, one of the architecture's neighbours among them (a random candidate
+        when it has none)."""
+        if self.candidates is not None:
+            neighbours = [arch[:i] + (value,) + arch[i + 1:] for i, n in enumerate(self.decisions)
+                          for value in range(n) if value != arch[i]]
+            neighbours = [a for a in neighbours if a in self._candidate_set]
+            return neighbours[self._integer(len(neighbours))] if neighbours else self._random_arch()
         free = [i for i, n in enumerate(self.decisions) if n > 1]
         if not free:
             return arch
@@ -76,11 +92,16 @@ class _PopulationPolicy:
     def _unseen(self, make, batch: set[Architecture]) -> Architecture:
         arch = make()
         for _ in range(MAX_REDRAWS):
-            if arch not in self.seen and arch not in batch:
+            if arch not in self.seen and arch not in batch and self._allowed(arch):
                 break
             arch = make()
+        if not self._allowed(arch):  # a sparse table's front may have no child in the table
+            arch = self._random_arch()
         batch.add(arch)
         return arch
+
+    def _allowed(self, arch: Architecture) -> bool:
+        return self._candidate_set is None or arch in self._candidate_set
 
     def choice_probabilities(self) -> list[list[float]]:
         """Per decision, how often each choice occurs in the population."""
@@ -102,8 +123,8 @@ class AgingEvolution(_PopulationPolicy):
     """Regularized evolution; the reward is the fitness."""
 
     def __init__(self, decisions: Sequence[int], population_size: int = 50, tournament_size: int = 10,
-                 seed: int = 0):
-        super().__init__(decisions, population_size, seed)
+                 seed: int = 0, candidates: Sequence[Architecture] | None = None):
+        super().__init__(decisions, population_size, seed, candidates)
         if not 1 <= tournament_size <= population_size:
             raise ValueError(f"tournament_size must be in [1, population_size={population_size}], "
                              f"got {tournament_size}")
@@ -147,8 +168,8 @@ class Nsga2(_PopulationPolicy):
     objectives: one (accuracy, flops) pair per sampled architecture."""
 
     def __init__(self, decisions: Sequence[int], population_size: int = 50, crossover_probability: float = 0.9,
-                 seed: int = 0):
-        super().__init__(decisions, population_size, seed)
+                 seed: int = 0, candidates: Sequence[Architecture] | None = None):
+        super().__init__(decisions, population_size, seed, candidates)
         if not 0 <= crossover_probability <= 1:
             raise ValueError(f"crossover_probability must be in [0, 1], got {crossover_probability}")
         self.crossover_probability = crossover_probability

@@ -129,10 +129,14 @@ class RandomSample:
 
 
 class RandomPolicy:
-    """Uniform sampling; learns nothing."""
+    """Uniform sampling, over the space or over ``candidates`` (a table's rows); learns
+    nothing."""
 
-    def __init__(self, decisions: Sequence[int], seed: int = 0):
+    def __init__(self, decisions: Sequence[int], seed: int = 0, candidates: Sequence[Sequence[int]] | None = None):
         self.decisions = tuple(decisions)
+        self.candidates = None if candidates is None else [tuple(a) for a in candidates]
+        if self.candidates is not None and not self.candidates:
+            raise ValueError("candidates must hold at least one architecture, or be None for the whole space")
         self.generator = torch.Generator().manual_seed(seed)
         self.baseline = None
 
@@ -140,6 +144,9 @@ class RandomPolicy:
         return [[1.0 / k] * k for k in self.decisions]
 
     def sample(self, n: int) -> RandomSample:
+        if self.candidates is not None:
+            rows = torch.randint(len(self.candidates), (n,), generator=self.generator).tolist()
+            return RandomSample([self.candidates[i] for i in rows])
         columns = [torch.randint(k, (n,), generator=self.generator) for k in self.decisions]
         return RandomSample([tuple(int(c[i]) for c in columns) for i in range(n)])
 
@@ -165,17 +172,23 @@ def population_options(strategy: str, evaluations: int) -> dict:
 def make_policy(strategy: str, decisions: Sequence[int], seed: int = 0, flops=None, candidates=None, **options):
     """The policy of a strategy; ``options`` go to its constructor (controller options for
     the REINFORCE strategies, population options for evolution and nsga2). mobo needs
-    ``flops`` (arch -> FLOPs) and takes ``candidates`` (the architectures that exist)."""
+    ``flops`` (arch -> FLOPs). ``candidates`` (the architectures that exist, when not
+    all of the space does) restricts what mobo, random and the population strategies
+    sample; the REINFORCE controller samples the whole space and refuses them."""
     if strategy == "mobo":
         if flops is None:
             raise ValueError("mobo needs flops, a function giving each architecture's FLOPs")
         return BayesianParetoSearch(decisions, flops, candidates, seed=seed, **options)
     if strategy == "random":
-        return RandomPolicy(decisions, seed)
+        return RandomPolicy(decisions, seed, candidates)
     if strategy == "evolution":
-        return AgingEvolution(decisions, seed=seed, **options)
+        return AgingEvolution(decisions, seed=seed, candidates=candidates, **options)
     if strategy == "nsga2":
-        return Nsga2(decisions, seed=seed, **options)
+        return Nsga2(decisions, seed=seed, candidates=candidates, **options)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if candidates is not None:
+        raise ValueError(f"{strategy} samples from the whole space through its controller, so it cannot keep to "
+                         f"{len(candidates)} candidate architectures; use random, evolution, nsga2 or mobo, or a "
+                         "table that holds every architecture of its space")
     return ReinforcePolicy(decisions, seed=seed, **options)

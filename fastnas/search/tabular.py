@@ -105,9 +105,19 @@ def tabular_search(
         policy_options = {**population_options(strategy, budget), **policy_options}
     elif strategy in REINFORCE_STRATEGIES:
         policy_options.setdefault("lr", TABULAR_CONTROLLER_LR)
+    # A table holding part of its space (a user's trained sample) is searched through its
+    # rows; mobo always takes them, as its pool.
     if strategy == "mobo":
-        policy_options = {"flops": benchmark.flops, "candidates": list(benchmark.accuracy), **policy_options}
-    policy = make_policy(strategy, space.decisions, seed=seed, **policy_options)
+        policy_options = {"flops": benchmark.flops, **policy_options}
+    if strategy == "mobo" or not benchmark.complete:
+        policy_options = {"candidates": list(benchmark.accuracy), **policy_options}
+    try:
+        policy = make_policy(strategy, space.decisions, seed=seed, **policy_options)
+    except ValueError as error:
+        if benchmark.complete:
+            raise
+        raise ValueError(f"{benchmark.name} holds {len(benchmark)} of the {benchmark.space_size} "
+                         f"architectures of its space: {error}") from None
     result = TabularResult(strategy)
     max_steps = MAX_SAMPLES_PER_QUERY * budget // samples_per_step + 1
     while result.queries < budget and result.controller_steps < max_steps:
