@@ -35,6 +35,7 @@ import torch
 
 from fastnas.search.evolution import PopulationSample, PopulationUpdate
 from fastnas.search.pareto import pareto_front
+from fastnas.spaces.base import choice_counts
 
 Architecture = tuple[int, ...]
 # Spaces up to this size are enumerated once; larger ones are searched through pools.
@@ -175,13 +176,11 @@ class BayesianParetoSearch:
     def __init__(self, decisions: Sequence[int], flops: Callable[[Architecture], float],
                  candidates: Sequence[Architecture] | None = None, initial_samples: int = 10,
                  pool_size: int = 4096, max_observations: int = 1000, seed: int = 0):
-        if not decisions or min(decisions) < 1:
-            raise ValueError(f"decisions must be a non-empty list of choice counts >= 1, got {decisions}")
+        self.decisions = choice_counts(decisions)
         for name, value, low in (("initial_samples", initial_samples, 1), ("pool_size", pool_size, 1),
                                  ("max_observations", max_observations, 2)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        self.decisions = tuple(int(n) for n in decisions)
         self.flops_of = flops
         size = math.prod(self.decisions)
         if candidates is None and size <= ENUMERATION_LIMIT:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fastnas.spaces.base import choice_counts
+
 
 @dataclass
 class ControllerSample:
@@ -23,9 +25,7 @@ class ControllerSample:
 class LSTMController(nn.Module):
     def __init__(self, decisions: Sequence[int], hidden_size: int = 64, tanh_constant: float | None = 1.5):
         super().__init__()
-        if not decisions or min(decisions) < 1:
-            raise ValueError(f"decisions must be a non-empty list of choice counts >= 1, got {decisions}")
-        self.decisions = tuple(int(n) for n in decisions)
+        self.decisions = choice_counts(decisions)
         self.tanh_constant = tanh_constant
         self.start = nn.Parameter(torch.zeros(1, hidden_size))
         self.cell = nn.LSTMCell(hidden_size, hidden_size)

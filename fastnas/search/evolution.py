@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fastnas.search.pareto import crowding_distances, nondominated_ranks
+from fastnas.spaces.base import choice_counts
 
 Architecture = tuple[int, ...]
 # A child that was evaluated before teaches nothing; it is redrawn up to this many times.
@@ -46,11 +47,9 @@ class _PopulationPolicy:
 
     def __init__(self, decisions: Sequence[int], population_size: int, seed: int,
                  candidates: Sequence[Architecture] | None = None):
-        if not decisions or min(decisions) < 1:
-            raise ValueError(f"decisions must be a non-empty list of choice counts >= 1, got {decisions}")
+        self.decisions = choice_counts(decisions)
         if population_size < 2:
             raise ValueError(f"population_size must be >= 2, got {population_size}")
-        self.decisions = tuple(int(n) for n in decisions)
         self.population_size = population_size
         self.generator = torch.Generator().manual_seed(seed)
         self.seen: set[Architecture] = set()

@@ -9,6 +9,15 @@ from torch import nn
 Architecture = tuple[int, ...]
 
 
+def choice_counts(decisions: Sequence[int], owner: str = "") -> tuple[int, ...]:
+    """``decisions`` as a tuple of ints, checked: a non-empty list of choice counts >= 1.
+    ``owner`` names what is being built in the error."""
+    if not decisions or min(decisions) < 1:
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}decisions must be a non-empty list of choice counts >= 1, got {decisions}")
+    return tuple(int(n) for n in decisions)
+
+
 class SearchSpace(ABC):
     """A space of architectures, each a sequence of decisions; decision i takes one of
     ``decisions[i]`` values. Strategies only use this interface."""

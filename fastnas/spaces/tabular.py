@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from fastnas.spaces.base import Architecture, SearchSpace
+from fastnas.spaces.base import Architecture, SearchSpace, choice_counts
 
 
 class TableSpace(SearchSpace):
@@ -27,9 +27,7 @@ class TableSpace(SearchSpace):
     def __init__(self, decisions: Sequence[int], flops: Mapping[Sequence[int], float],
                  params: Mapping[Sequence[int], float] | None = None, name: str = "table"):
         self.name = name
-        if not decisions or min(decisions) < 1:
-            raise ValueError(f"{name}: decisions must be a non-empty list of choice counts >= 1, got {decisions}")
-        self._decisions = tuple(int(n) for n in decisions)
+        self._decisions = choice_counts(decisions, name)
         self._flops = {self.validate(a): float(f) for a, f in flops.items()}
         self._params = {self.validate(a): float(p) for a, p in (params or {}).items()}
 
