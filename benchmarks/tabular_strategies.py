@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from fastnas.search.policies import STRATEGIES  # noqa: E402
-from fastnas.search.pareto import hypervolume  # noqa: E402
-from fastnas.search.tabular import StrategyComparison, tabular_search, true_front_reference  # noqa: E402
+from fastnas.search.tabular import (TOP_ARCHITECTURES, StrategyComparison, ratio_without_the_best,  # noqa: E402
+                                    tabular_search)
 from fastnas.spaces.nasbench201 import OPS, nasbench201_benchmark  # noqa: E402
 from fastnas.spaces.nasbench_graph import DATASETS as GRAPH_DATASETS, bench_file, nasbench_graph_benchmark  # noqa: E402
 from fastnas.spaces.tabular import TableSpace, TabularBenchmark  # noqa: E402
@@ -43,7 +43,6 @@ from fastnas.spaces.tabular import TableSpace, TabularBenchmark  # noqa: E402
 NASBENCH201_TABLES = ("cifar10", "cifar100", "imagenet16-120", "imagenet16-120 without none")
 GRAPH_TABLES = tuple(f"graph {d}" for d in GRAPH_DATASETS)
 DEVELOPMENT_TABLES = ("cifar10", "graph cora")  # where settings were chosen (seeds 0-9)
-TOP_ARCHITECTURES = 3  # how many of a table's best architectures the last column removes
 
 
 def graph_available() -> bool:
@@ -66,15 +65,6 @@ def load_table(csv_path: str, table: str) -> TabularBenchmark:
     flops = {renumber[a]: full.flops(a) for a in kept}
     space = TableSpace([len(OPS) - 1] * 6, flops, name=table)
     return TabularBenchmark.from_records(space, {renumber[a]: acc for a, acc in kept.items()}, name=table)
-
-
-def ratio_without_the_best(benchmark: TabularBenchmark, count: int) -> float:
-    """Hypervolume ratio of the true front of the table without its ``count`` most
-    accurate architectures: what a search scores that finds every other architecture."""
-    true_hv, ref_flops, ref_accuracy = true_front_reference(benchmark)
-    rest = sorted(benchmark.accuracy, key=benchmark.accuracy.get, reverse=True)[count:]
-    return hypervolume([benchmark.flops(a) for a in rest], [benchmark.accuracy[a] for a in rest],
-                       ref_flops, ref_accuracy) / true_hv
 
 
 def _one_thread():

@@ -13,7 +13,8 @@ from fastnas.search.evolution import AgingEvolution, Nsga2
 from fastnas.search.pareto import crowding_distances, nondominated_ranks
 from fastnas.search.policies import population_options
 from fastnas.search.significance import wilcoxon_signed_rank
-from fastnas.search.tabular import compare_strategies, default_sms_target, tabular_search, true_front_reference
+from fastnas.search.tabular import (compare_strategies, default_sms_target, ratio_without_the_best, tabular_search,
+                                    true_front_reference)
 from fastnas.spaces.nasbench201 import nasbench201_benchmark
 from fastnas.spaces.tabular import TableSpace, TabularBenchmark, parse_architecture
 
@@ -142,6 +143,20 @@ def test_table_from_csv_and_json_with_flops_from_the_table(tmp_path):
     assert hv > 0 and ref_flops == max(table.flops(a) for a in table.accuracy)
 
 
+def test_the_share_of_a_score_that_hangs_on_the_best_architectures():
+    # FLOPs 1..6; the true front is 60, 70, 80, 90 % at FLOPs 1..4. Reference: 70 % (the
+    # median), FLOPs 6. Area: 80 % over FLOPs 3..4 (10) + 90 % over 4..6 (40) = 50.
+    accuracy = {(0, 0): 60.0, (0, 1): 70.0, (0, 2): 80.0, (1, 0): 90.0, (1, 1): 50.0, (1, 2): 40.0}
+    flops = {arch: float(1 + 3 * arch[0] + arch[1]) for arch in accuracy}
+    table = TabularBenchmark.from_records(TableSpace([2, 3], flops), accuracy, flops)
+    assert true_front_reference(table) == (50.0, 6.0, 70.0)
+    assert ratio_without_the_best(table, 0) == 1.0
+    assert ratio_without_the_best(table, 1) == pytest.approx(30 / 50)  # 80 % over FLOPs 3..6
+    assert ratio_without_the_best(table, 2) == 0.0
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        ratio_without_the_best(table, -1)
+
+
 @pytest.mark.parametrize("content, arguments, message", [
     ("model,top1\n0-1,50\n", ("model", "top1", "mflops"), r"no column \['mflops'\]"),
     ("model,top1,f\n0-1,50,1\n", ("model", "top1"), "needs flops_column"),
@@ -220,6 +235,8 @@ def test_cli_runs_a_user_table_and_compares_strategies(tmp_path, capsys):
                      "--budget", "30", "--repeats", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "mine.csv: nsga2, random with 30 queries each" in printed
+    kept = ratio_without_the_best(table, 3)
+    assert 0 < kept < 1 and f"without its 3 most accurate architectures the true front keeps {kept:.3f}" in printed
     runs = json.loads((out / "tabular.json").read_text())
     assert set(runs) == {"nsga2", "random"} and all(len(r["queried"]) == 30 for r in runs["nsga2"])
     assert cli.main(["search", "--space", "table", "--benchmark", str(path), "--flops-column", "macs",

@@ -27,6 +27,8 @@ MAX_SAMPLES_PER_QUERY = 20
 TABULAR_CONTROLLER_LR = 1e-2
 TABULAR_ANNEAL_ALPHA = 0.25
 TABULAR_SAMPLES_PER_STEP = 10  # the seed's N
+# The reports say how much of a table's score hangs on this many of its best architectures.
+TOP_ARCHITECTURES = 3
 
 
 @dataclass
@@ -69,6 +71,17 @@ def true_front_reference(benchmark: TabularBenchmark) -> tuple[float, float, flo
     accuracy = [benchmark.accuracy[a] for a in archs]
     ref_flops, ref_accuracy = max(flops), sorted(accuracy)[len(accuracy) // 2]
     return hypervolume(flops, accuracy, ref_flops, ref_accuracy), ref_flops, ref_accuracy
+
+
+def ratio_without_the_best(benchmark: TabularBenchmark, count: int) -> float:
+    """The hypervolume ratio a search scores that finds every architecture of the table
+    except its ``count`` most accurate: how much of the table's score hangs on them."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    true_hv, ref_flops, ref_accuracy = true_front_reference(benchmark)
+    rest = sorted(benchmark.accuracy, key=benchmark.accuracy.get, reverse=True)[count:]
+    return hypervolume([benchmark.flops(a) for a in rest], [benchmark.accuracy[a] for a in rest],
+                       ref_flops, ref_accuracy) / true_hv
 
 
 def default_sms_target(benchmark: TabularBenchmark) -> float:
@@ -209,4 +222,5 @@ def comparison_table(comparisons: Sequence[StrategyComparison], baseline: str = 
 
 
 __all__ = ["PairedTest", "StrategyComparison", "TabularResult", "compare_strategies", "comparison_table",
-           "default_sms_target", "default_tabular_schedule", "pareto_front", "tabular_search", "true_front_reference"]
+           "default_sms_target", "default_tabular_schedule", "pareto_front", "ratio_without_the_best", "tabular_search",
+           "true_front_reference"]
