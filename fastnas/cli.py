@@ -400,7 +400,7 @@ def _search_tabular(args) -> int:
     strategies = STRATEGIES if args.strategy is None else tuple(dict.fromkeys((args.strategy, "random")))
     if args.strategy is None and not benchmark.complete:
         strategies = tuple(s for s in strategies if s not in REINFORCE_STRATEGIES)
-        print(f"{benchmark.name} holds {len(benchmark)} of the {benchmark.space_size} architectures of its space; "
+        print(f"{benchmark.name} holds {len(benchmark)} of the {benchmark.space.size()} architectures of its space; "
               f"{', '.join(REINFORCE_STRATEGIES)} sample the whole space, so they are left out", flush=True)
     seeds = range(args.seed, args.seed + args.repeats)
     print(f"{benchmark.name}: {', '.join(strategies)} with {args.budget} queries each "

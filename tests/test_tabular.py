@@ -182,7 +182,7 @@ def sparse_table() -> TabularBenchmark:
 @pytest.mark.parametrize("strategy", ["random", "evolution", "nsga2", "mobo"])
 def test_a_table_of_part_of_its_space_is_searched_through_its_rows(strategy):
     table = sparse_table()
-    assert not table.complete and len(table) == 81 < table.space_size == 243 and synthetic_table().complete
+    assert not table.complete and len(table) == 81 < table.space.size() == 243 and synthetic_table().complete
     result = tabular_search(table, strategy, budget=40, seed=0)
     assert result.queries == 40 and set(result.queried) <= set(table.accuracy)
     everything = tabular_search(table, strategy, budget=len(table), seed=1)

@@ -35,7 +35,7 @@ import torch
 
 from fastnas.search.evolution import PopulationSample, PopulationUpdate
 from fastnas.search.pareto import pareto_front
-from fastnas.spaces.base import choice_counts
+from fastnas.spaces.base import Candidates, choice_counts
 
 Architecture = tuple[int, ...]
 # Spaces up to this size are enumerated once; larger ones are searched through pools.
@@ -185,8 +185,7 @@ class BayesianParetoSearch:
         size = math.prod(self.decisions)
         if candidates is None and size <= ENUMERATION_LIMIT:
             candidates = list(itertools.product(*(range(n) for n in self.decisions)))
-        self.candidates = None if candidates is None else [tuple(a) for a in candidates]
-        self._candidate_set = None if self.candidates is None else set(self.candidates)
+        self.candidates = None if candidates is None else Candidates(candidates)
         self._flops_cache: dict[Architecture, float] = {}
         self.ref_flops = (max(self._flops(a) for a in self.candidates) if self.candidates is not None
                           else -math.inf)
@@ -206,15 +205,14 @@ class BayesianParetoSearch:
         return self._flops_cache[arch]
 
     def _allowed(self, arch: Architecture) -> bool:
-        return self._candidate_set is None or arch in self._candidate_set
+        return self.candidates is None or arch in self.candidates
 
     def _uniform_draws(self, count: int, exclude: set[Architecture]) -> list[Architecture]:
         """Up to ``count`` distinct unseen candidates, uniformly drawn."""
         drawn: dict[Architecture, None] = {}
         for _ in range(4):  # a few rounds: most of a table may be seen already
             if self.candidates is not None:
-                index = torch.randint(len(self.candidates), (2 * count,), generator=self.generator).tolist()
-                archs = [self.candidates[i] for i in index]
+                archs = self.candidates.draw(2 * count, self.generator)
             else:
                 columns = [torch.randint(n, (2 * count,), generator=self.generator).tolist() for n in self.decisions]
                 archs = list(zip(*columns))

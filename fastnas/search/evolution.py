@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fastnas.search.pareto import crowding_distances, nondominated_ranks
-from fastnas.spaces.base import choice_counts
+from fastnas.spaces.base import Candidates, choice_counts
 
 Architecture = tuple[int, ...]
 # A child that was evaluated before teaches nothing; it is redrawn up to this many times.
@@ -53,10 +53,7 @@ class _PopulationPolicy:
         self.population_size = population_size
         self.generator = torch.Generator().manual_seed(seed)
         self.seen: set[Architecture] = set()
-        self.candidates = None if candidates is None else [tuple(a) for a in candidates]
-        if self.candidates is not None and not self.candidates:
-            raise ValueError("candidates must hold at least one architecture, or be None for the whole space")
-        self._candidate_set = None if self.candidates is None else set(self.candidates)
+        self.candidates = None if candidates is None else Candidates(candidates)
         self.baseline = None  # the REINFORCE policy's field; records read it
 
     def _integer(self, high: int) -> int:
@@ -67,7 +64,7 @@ class _PopulationPolicy:
 
     def _random_arch(self) -> Architecture:
         if self.candidates is not None:
-            return self.candidates[self._integer(len(self.candidates))]
+            return self.candidates.draw(1, self.generator)[0]
         return tuple(self._integer(n) for n in self.decisions)
 
     def _mutate_one(self, arch: Architecture) -> Architecture:
@@ -77,7 +74,7 @@ class _PopulationPolicy:
         if self.candidates is not None:
             neighbours = [arch[:i] + (value,) + arch[i + 1:] for i, n in enumerate(self.decisions)
                           for value in range(n) if value != arch[i]]
-            neighbours = [a for a in neighbours if a in self._candidate_set]
+            neighbours = [a for a in neighbours if a in self.candidates]
             return neighbours[self._integer(len(neighbours))] if neighbours else self._random_arch()
         free = [i for i, n in enumerate(self.decisions) if n > 1]
         if not free:
@@ -100,7 +97,7 @@ class _PopulationPolicy:
         return arch
 
     def _allowed(self, arch: Architecture) -> bool:
-        return self._candidate_set is None or arch in self._candidate_set
+        return self.candidates is None or arch in self.candidates
 
     def choice_probabilities(self) -> list[list[float]]:
         """Per decision, how often each choice occurs in the population."""

@@ -15,6 +15,7 @@ from fastnas.search.bayesian import BayesianParetoSearch
 from fastnas.search.controller import LSTMController
 from fastnas.search.evolution import AgingEvolution, Nsga2
 from fastnas.search.rewards import CasSchedule, CasState, cas_reward, enas_reward, sms_reward
+from fastnas.spaces.base import Candidates
 
 STRATEGIES = ("cas", "sms", "enas", "random", "evolution", "nsga2", "mobo")
 # The reward each strategy's policy learns from. Aging evolution takes the CAS reward as
@@ -134,9 +135,7 @@ class RandomPolicy:
 
     def __init__(self, decisions: Sequence[int], seed: int = 0, candidates: Sequence[Sequence[int]] | None = None):
         self.decisions = tuple(decisions)
-        self.candidates = None if candidates is None else [tuple(a) for a in candidates]
-        if self.candidates is not None and not self.candidates:
-            raise ValueError("candidates must hold at least one architecture, or be None for the whole space")
+        self.candidates = None if candidates is None else Candidates(candidates)
         self.generator = torch.Generator().manual_seed(seed)
         self.baseline = None
 
@@ -145,8 +144,7 @@ class RandomPolicy:
 
     def sample(self, n: int) -> RandomSample:
         if self.candidates is not None:
-            rows = torch.randint(len(self.candidates), (n,), generator=self.generator).tolist()
-            return RandomSample([self.candidates[i] for i in rows])
+            return RandomSample(self.candidates.draw(n, self.generator))
         columns = [torch.randint(k, (n,), generator=self.generator) for k in self.decisions]
         return RandomSample([tuple(int(c[i]) for c in columns) for i in range(n)])
 

@@ -129,7 +129,7 @@ def tabular_search(
     except ValueError as error:
         if benchmark.complete:
             raise
-        raise ValueError(f"{benchmark.name} holds {len(benchmark)} of the {benchmark.space_size} "
+        raise ValueError(f"{benchmark.name} holds {len(benchmark)} of the {benchmark.space.size()} "
                          f"architectures of its space: {error}") from None
     result = TabularResult(strategy)
     max_steps = MAX_SAMPLES_PER_QUERY * budget // samples_per_step + 1

@@ -18,6 +18,33 @@ def choice_counts(decisions: Sequence[int], owner: str = "") -> tuple[int, ...]:
     return tuple(int(n) for n in decisions)
 
 
+class Candidates(Sequence):
+    """The architectures a search may sample when not all of its space exists (a
+    table's rows): in order, with set membership, drawn uniformly."""
+
+    def __init__(self, archs: Sequence[Sequence[int]]):
+        self._archs = [tuple(a) for a in archs]
+        if not self._archs:
+            raise ValueError("candidates must hold at least one architecture, or be None for the whole space")
+        self._members = set(self._archs)
+
+    def __len__(self) -> int:
+        return len(self._archs)
+
+    def __getitem__(self, index):
+        return self._archs[index]
+
+    def __iter__(self):
+        return iter(self._archs)
+
+    def __contains__(self, arch) -> bool:
+        return arch in self._members
+
+    def draw(self, n: int, generator: torch.Generator) -> list[Architecture]:
+        """n candidates, uniformly and independently."""
+        return [self._archs[i] for i in torch.randint(len(self._archs), (n,), generator=generator).tolist()]
+
+
 class SearchSpace(ABC):
     """A space of architectures, each a sequence of decisions; decision i takes one of
     ``decisions[i]`` values. Strategies only use this interface."""

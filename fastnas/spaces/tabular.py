@@ -145,14 +145,10 @@ class TabularBenchmark:
         return len(self.accuracy)
 
     @property
-    def space_size(self) -> int:
-        return math.prod(self.space.decisions)
-
-    @property
     def complete(self) -> bool:
         """Whether the table holds every architecture of its space; a search of a table
         that does not keeps to its rows."""
-        return len(self.accuracy) == self.space_size
+        return len(self.accuracy) == self.space.size()
 
     def query(self, arch: Sequence[int]) -> float:
         """Accuracy (%) of the architecture."""
