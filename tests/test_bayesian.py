@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fastnas.search.bayesian import BayesianParetoSearch, GaussianProcess, expected_hypervolume_improvement
+from fastnas.search.bayesian import BayesianParetoSearch, GaussianProcess, expected_hypervolume_improvement, lower_fence
 from fastnas.search.pareto import hypervolume
 from fastnas.search.tabular import compare_strategies, tabular_search
 from fastnas.search.weight_sharing import SearchConfig
@@ -34,6 +34,38 @@ def additive_table(layers: int = 6, choices: int = 4, seed: int = 0) -> TabularB
         accuracy[arch] = 70 + sum(float(gain[i, c]) for i, c in enumerate(arch)) - 1.5 * (arch[0] == arch[1]) + noise
         flops[arch] = sum(float(cost[i, c]) for i, c in enumerate(arch))
     return TabularBenchmark.from_records(TableSpace([choices] * layers, flops), accuracy, flops, name="additive")
+
+
+def capacity_table(layers: int = 6, widths: tuple[float, ...] = (0.5, 1.0, 1.5)) -> TabularBenchmark:
+    """Accuracy rises smoothly, with diminishing returns, in FLOPs: the cheaper half of the
+    space lies below the median accuracy, the reference, and adds nothing to the area."""
+    accuracy, flops = {}, {}
+    for index in range(len(widths) ** layers):
+        arch = tuple(index // len(widths) ** i % len(widths) for i in range(layers))
+        w = [widths[c] for c in arch]
+        flops[arch] = sum(x * x * (8 if i < 2 else 4) for i, x in enumerate(w))
+        capacity = sum(math.log1p(x) * (1.2 if i % 3 == 0 else 1.0) for i, x in enumerate(w))
+        accuracy[arch] = 95 - 30 * math.exp(-capacity / 2)
+    return TabularBenchmark.from_records(TableSpace([len(widths)] * layers, flops), accuracy, flops, name="capacity")
+
+
+# ---- the model's view of the accuracies ------------------------------------------------
+def test_lower_fence_is_tukeys_and_clamps_only_outliers():
+    accuracies = [10.0, 88.0, 90.0, 91.0, 92.0, 93.0, 94.0]
+    first, third = 88.0, 93.0  # statistics.quantiles' default (exclusive) quartiles of 7 values
+    assert lower_fence(accuracies) == pytest.approx(first - 1.5 * (third - first))
+    assert min(a for a in accuracies if a > lower_fence(accuracies)) == 88.0
+    assert lower_fence([90.0]) == -math.inf
+
+
+def test_mobo_spends_its_budget_above_the_reference_on_a_smooth_table():
+    """Clamping the model's accuracies at the reference (the old design) made every cheap
+    architecture look as likely as not to clear it; on this table mobo then queried
+    mostly cheap architectures that add nothing (0.41-0.95 over these seeds)."""
+    table = capacity_table()
+    mobo, random = compare_strategies(table, ("mobo", "random"), budget=36, seeds=range(5))
+    assert min(mobo.hypervolume_ratios) > 0.95
+    assert mobo.against(random).wins == 5
 
 
 # ---- the acquisition -----------------------------------------------------------------

@@ -246,8 +246,7 @@ class BayesianParetoSearch:
         if not pool:
             return PopulationSample([])
         # The front's area is counted above the space's median accuracy, estimated by the
-        # uniform initial design. Below it an architecture adds nothing, so the model sees
-        # accuracies censored there: how bad a broken cell is would only blur the top.
+        # uniform initial design.
         ref_accuracy = statistics.median(acc for _, acc, _ in self.observations[:self.initial_samples])
         recent = self.observations[-self.max_observations:]
         log_flops = _log(torch.tensor([f for _, _, f in recent], dtype=torch.float64))
@@ -255,7 +254,8 @@ class BayesianParetoSearch:
         scale = scale if scale > 0 else 1.0
         pool_flops = torch.tensor([self._flops(a) for a in pool], dtype=torch.float64)
         self.ref_flops = max(self.ref_flops, float(pool_flops.max()), max(f for _, _, f in self.observations))
-        accuracy = torch.tensor([acc for _, acc, _ in recent], dtype=torch.float64).clamp_min(ref_accuracy)
+        accuracy = [acc for _, acc, _ in recent]
+        accuracy = torch.tensor(accuracy, dtype=torch.float64).clamp_min(lower_fence(accuracy))
         self.model.fit([a for a, _, _ in recent], (log_flops - centre) / scale, accuracy)
         mean, variance, cross = self.model.predict(pool, (_log(pool_flops) - centre) / scale)
         front = [(f, a) for _, a, f in (self.observations[i] for i in self._front_indices())]
@@ -318,6 +318,20 @@ class BayesianParetoSearch:
         self.model.raw = torch.tensor(state["hyperparameters"], dtype=torch.float64)
         self.model.fitted_size = int(state["fitted_size"])
         self.ref_flops = float(state["ref_flops"])
+
+
+def lower_fence(values: Sequence[float]) -> float:
+    """Tukey's lower fence, Q1 - 1.5 IQR, of ``values``; -inf for fewer than two.
+
+    The model sees accuracies clamped there: below it sit the outliers (a broken cell
+    near chance accuracy), whose distance from the rest would only blur the model's
+    picture of the top. Clamping at the reference accuracy instead made every
+    architecture next to a clamped one look as likely as not to clear the reference,
+    and the search kept querying them."""
+    if len(values) < 2:
+        return -math.inf
+    first, _, third = statistics.quantiles(values, n=4)
+    return first - 1.5 * (third - first)
 
 
 def _log(flops: torch.Tensor) -> torch.Tensor:
