@@ -12,7 +12,7 @@ no order; a decision that barely matters gets a small weight) times a squared
 exponential in standardised log FLOPs (accuracy follows capacity). The hyperparameters
 maximise the marginal likelihood and are refitted whenever the data has grown by a
 quarter, so a run costs a few dozen fits; in between the posterior is recomputed with
-the last ones.
+the last ones. The accuracies it fits are clamped at their lower fence (``lower_fence``).
 
 Acquisition: at FLOPs f, an accuracy a adds to a 2-D staircase front the area
 sum_k len_k max(0, a - level_k) over the front's segments right of f. Under the normal
@@ -254,8 +254,8 @@ class BayesianParetoSearch:
         scale = scale if scale > 0 else 1.0
         pool_flops = torch.tensor([self._flops(a) for a in pool], dtype=torch.float64)
         self.ref_flops = max(self.ref_flops, float(pool_flops.max()), max(f for _, _, f in self.observations))
-        accuracy = [acc for _, acc, _ in recent]
-        accuracy = torch.tensor(accuracy, dtype=torch.float64).clamp_min(lower_fence(accuracy))
+        observed = [acc for _, acc, _ in recent]
+        accuracy = torch.tensor(observed, dtype=torch.float64).clamp_min(lower_fence(observed))
         self.model.fit([a for a, _, _ in recent], (log_flops - centre) / scale, accuracy)
         mean, variance, cross = self.model.predict(pool, (_log(pool_flops) - centre) / scale)
         front = [(f, a) for _, a, f in (self.observations[i] for i in self._front_indices())]
