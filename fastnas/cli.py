@@ -461,22 +461,30 @@ def _train(args) -> int:
     return 0
 
 
+def _dispatch(args) -> int:
+    if args.command == "train":
+        return _train(args)
+    if args.command == "export":
+        return _export(args)
+    distributed_launch = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.space in TABULAR_SPACES:
+        if distributed_launch:
+            raise ValueError("the tabular search looks accuracies up in a table and trains nothing: launch it "
+                             "as one process, without torchrun")
+        return _search_tabular(args)
+    if args.strategy in DARTS_STRATEGIES:
+        return _search_darts(args)
+    return _search_weight_sharing(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fastnas.distributed import end_process_group
+
     args = _parser().parse_args(argv)
+    code = 1
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "export":
-            return _export(args)
-        distributed_launch = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if args.space in TABULAR_SPACES:
-            if distributed_launch:
-                raise ValueError("the tabular search looks accuracies up in a table and trains nothing: launch it "
-                                 "as one process, without torchrun")
-            return _search_tabular(args)
-        if args.strategy in DARTS_STRATEGIES:
-            return _search_darts(args)
-        return _search_weight_sharing(args)
+        code = _dispatch(args)
+        return code
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"fastnas: error: {error}", file=sys.stderr)
         return 2
@@ -489,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastnas: error: {type(error).__name__}: {error} (FASTNAS_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        end_process_group(completed=code == 0)
 
 
 if __name__ == "__main__":
