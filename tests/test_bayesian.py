@@ -139,6 +139,26 @@ def test_mobo_batches_are_distinct_unseen_and_spread_by_the_believer():
         policy.update(second, [0.5] * 10)
 
 
+def test_mobo_picks_the_first_share_of_a_batch_next_to_the_front():
+    table = additive_table(5, 3)
+    policy = BayesianParetoSearch(table.space.decisions, table.flops, list(table.accuracy), seed=0)
+    first = policy.sample(10)
+    policy.update(first, [0] * 10, [(table.query(a) / 100, table.flops(a)) for a in first.archs])
+    front = {policy.observations[i][0] for i in policy._front_indices()}
+    batch = policy.sample(10).archs
+
+    def next_to_front(arch):
+        return any(sum(x != y for x, y in zip(arch, member)) == 1 for member in front)
+
+    assert all(next_to_front(a) for a in batch[:7])
+    everywhere = BayesianParetoSearch(table.space.decisions, table.flops, list(table.accuracy), local_share=0.0,
+                                      seed=0)
+    everywhere.update(everywhere.sample(10), [0] * 10, [(table.query(a) / 100, table.flops(a)) for a in first.archs])
+    assert not all(next_to_front(a) for a in everywhere.sample(10).archs[:7])
+    with pytest.raises(ValueError, match="local_share"):
+        BayesianParetoSearch(table.space.decisions, table.flops, local_share=1.5)
+
+
 def test_mobo_recovers_more_of_the_front_than_random_search():
     table = additive_table()
     mobo, nsga2, random = compare_strategies(table, ("mobo", "nsga2", "random"), budget=100, seeds=range(4))
