@@ -232,12 +232,11 @@ class BayesianParetoSearch:
                 break
         return list(drawn)
 
-    def _pool(self) -> list[Architecture]:
-        """The unseen candidates when they fit, else uniform draws and the front's
-        unseen neighbours."""
+    def _pool(self, neighbours: dict[Architecture, None]) -> list[Architecture]:
+        """The unseen candidates when they fit, else uniform draws and ``neighbours``
+        (the front's, from ``_front_neighbours``)."""
         if self.candidates is not None and len(self.candidates) - len(self.seen) <= self.pool_size:
             return [a for a in self.candidates if a not in self.seen]
-        neighbours = self._front_neighbours()
         uniform = self._uniform_draws(max(self.pool_size - len(neighbours), self.pool_size // 2), neighbours)
         return uniform + list(neighbours)
 
@@ -256,7 +255,8 @@ class BayesianParetoSearch:
     def sample(self, n: int) -> PopulationSample:
         if len(self.observations) < self.initial_samples:
             return PopulationSample(self._uniform_draws(n, set()))
-        pool = self._pool()
+        neighbours = self._front_neighbours()
+        pool = self._pool(neighbours)
         if not pool:
             return PopulationSample([])
         # The front's area is counted above the space's median accuracy, estimated by the
@@ -273,7 +273,6 @@ class BayesianParetoSearch:
         self.model.fit([a for a, _, _ in recent], (log_flops - centre) / scale, accuracy)
         mean, variance, cross = self.model.predict(pool, (_log(pool_flops) - centre) / scale)
         front = [(f, a) for _, a, f in (self.observations[i] for i in self._front_indices())]
-        neighbours = self._front_neighbours()
         local = torch.tensor([a in neighbours for a in pool])
         local_picks = round(self.local_share * n)
         chosen: list[int] = []
