@@ -1,15 +1,13 @@
 """The mobo strategy: its GP, its closed-form EHVI, and what it finds on tables."""
 
 import importlib.util
-import itertools
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from fastnas.search.bayesian import (BayesianParetoSearch, GaussianProcess, KernelSelection,
-                                     expected_hypervolume_improvement, lower_fence)
+from fastnas.search.bayesian import BayesianParetoSearch, GaussianProcess, expected_hypervolume_improvement, lower_fence
 from fastnas.search.pareto import hypervolume
 from fastnas.search.tabular import compare_strategies, tabular_search
 from fastnas.search.weight_sharing import SearchConfig
@@ -51,19 +49,6 @@ def own_table_example(tmp_path: Path) -> TabularBenchmark:
     path = tmp_path / "my_table.csv"
     example.write_stand_in_table(path)
     return TabularBenchmark.from_file(path, arch_column="arch", accuracy_column="top1", flops_column="mflops")
-
-
-def paired_choice_table():
-    """5 layers of 4 choices; choices 0 and 1 of every layer act the same, as do 2 and 3.
-    80 training and 944 held-out architectures."""
-    g = torch.Generator().manual_seed(3)
-    layers, effect = 5, torch.tensor([0.0, 0.0, 1.0, 1.0])
-    archs = list(itertools.product(range(4), repeat=layers))
-    weight = torch.rand(layers, generator=g) + 0.5
-    accuracy = {a: float(sum(weight[i] * effect[c] for i, c in enumerate(a))
-                         + 0.8 * effect[a[0]] * effect[a[1]] + 0.05 * torch.randn((), generator=g)) for a in archs}
-    order = torch.randperm(len(archs), generator=g).tolist()
-    return [archs[i] for i in order[:80]], [archs[i] for i in order[80:]], accuracy
 
 
 # ---- the model's view of the accuracies ------------------------------------------------
@@ -139,80 +124,6 @@ def test_gaussian_process_interpolates_and_predicts_held_out_architectures():
     seen_mean, seen_variance, _ = model.predict(train[:20], (z_train[:20] - centre) / scale)
     assert float(seen_variance.mean()) < float(variance.mean())
     assert float((seen_mean - y[:20]).abs().max()) < float(truth.std())
-
-
-def test_gaussian_process_starts_from_the_hamming_kernel():
-    """Before any fit the choice embeddings put every two choices a unit apart, so the
-    kernel is s^2 exp(-sum_i theta_i [x_i != y_i] - dz^2 / (2 l^2)), for mixed choice counts too."""
-    model = GaussianProcess([3, 2, 3, 4])
-    archs = [(0, 0, 0, 0), (2, 1, 0, 3), (1, 0, 2, 3), (0, 1, 1, 2)]
-    z = torch.tensor([0.0, 0.5, -1.0, 2.0], dtype=torch.float64)
-    hot = model.one_hot(archs)
-    kernel = model._kernel(model.raw, hot, z, hot, z)
-    theta = 1.0 / 4  # the initial weight of each of 4 decisions
-    for i, a in enumerate(archs):
-        for j, b in enumerate(archs):
-            hamming = sum(x != y for x, y in zip(a, b))
-            expected = math.exp(-theta * hamming - (z[i] - z[j]) ** 2 / 2)
-            assert float(kernel[i, j]) == pytest.approx(expected, rel=1e-12)
-    for k in (2, 3, 4):
-        assert torch.allclose(model.choice_distances(k), 1 - torch.eye(k, dtype=torch.float64))
-
-
-def test_gaussian_process_learns_which_choices_behave_alike():
-    """Choices 0 and 1 of every layer act the same, as do 2 and 3: the shared embedding
-    moves each pair together, and the model then predicts held-out architectures better
-    than the Hamming kernel it started from (0.042 against 0.072, the accuracies' sd 0.98)."""
-    train, test, accuracy = paired_choice_table()
-    layers = 5
-    z_train, z_test = torch.zeros(len(train), dtype=torch.float64), torch.zeros(len(test), dtype=torch.float64)
-    y = torch.tensor([accuracy[a] for a in train], dtype=torch.float64)
-    truth = torch.tensor([accuracy[a] for a in test], dtype=torch.float64)
-
-    model = GaussianProcess([4] * layers)
-    model.fit(train, z_train, y)
-    distances = model.choice_distances(4)
-    assert float(distances[0, 1]) < 0.3 * float(distances[0, 2])
-    assert float(distances[2, 3]) < 0.3 * float(distances[1, 3])
-    learned_error = float((model.predict(test, z_test)[0] - truth).abs().mean())
-
-    hamming = GaussianProcess([4] * layers, embedding_prior_sd=0)
-    hamming.fit(train, z_train, y)
-    assert torch.allclose(hamming.choice_distances(4), 1 - torch.eye(4, dtype=torch.float64))
-    hamming_error = float((hamming.predict(test, z_test)[0] - truth).abs().mean())
-    assert learned_error < 0.7 * hamming_error
-
-
-def test_leave_one_out_density_is_the_refit_without_each_observation():
-    table = additive_table(4, 3)
-    archs = list(table.accuracy)[::3][:25]
-    z = torch.linspace(-1, 1, len(archs), dtype=torch.float64)
-    y = torch.tensor([table.query(a) for a in archs], dtype=torch.float64)
-    model = GaussianProcess(table.space.decisions)
-    model.fit(archs, z, y)
-    target = (y - model.y_mean) / model.y_scale
-    noise = model.noise_variance / model.y_scale ** 2
-    gram = model._kernel(model.raw, model.hot, z, model.hot, z).detach()
-    total = 0.0
-    for i in range(len(archs)):
-        rest = [j for j in range(len(archs)) if j != i]
-        inverse = torch.linalg.inv(gram[rest][:, rest] + noise * torch.eye(len(rest), dtype=torch.float64))
-        mean = gram[i, rest] @ inverse @ target[rest]
-        variance = gram[i, i] + noise - gram[i, rest] @ inverse @ gram[rest, i]
-        total += float(torch.distributions.Normal(mean, variance.sqrt()).log_prob(target[i]))
-    assert model.leave_one_out_log_density() == pytest.approx(total, rel=1e-6)
-
-
-def test_kernel_selection_keeps_the_learned_distances_where_choices_behave_alike():
-    train, test, accuracy = paired_choice_table()
-    z = torch.zeros(len(train), dtype=torch.float64)
-    selection = KernelSelection([4] * 5)
-    selection.fit(train, z, torch.tensor([accuracy[a] for a in train], dtype=torch.float64))
-    hamming, learned = selection.models
-    assert learned.leave_one_out_log_density() > hamming.leave_one_out_log_density()
-    assert selection.active is learned
-    mean, _, _ = selection.predict(test[:5], torch.zeros(5, dtype=torch.float64))
-    assert torch.equal(mean, learned.predict(test[:5], torch.zeros(5, dtype=torch.float64))[0])
 
 
 # ---- the strategy ----------------------------------------------------------------------

@@ -5,24 +5,14 @@ far is largest.
 
 Model: a Gaussian process on the decisions with the kernel
 
-    k(x, y) = s^2 exp(-sum_i theta_i |E_i[x_i] - E_i[y_i]|^2 - (z_x - z_y)^2 / (2 l^2)),
+    k(x, y) = s^2 exp(-sum_i theta_i [x_i != y_i] - (z_x - z_y)^2 / (2 l^2)),
 
-one weight per decision (a decision that barely matters gets a small weight) on a
-learned distance between its choices, times a squared exponential in standardised log
-FLOPs (accuracy follows capacity). E_i embeds decision i's choices; decisions with the
-same number of choices share one embedding (layers choosing from the same op list, so
-what is learned about an op at one layer carries to the others). It starts as
-I / sqrt(2), where the distance is the Hamming one, [x_i != y_i] (categorical choices
-have no order), and its prior, N(I / sqrt(2), 0.25^2) per entry, keeps it there unless
-the data says which choices behave alike. Two such models are fitted, one with the
-embeddings pinned at the start (the Hamming kernel); each fit keeps the one whose
-leave-one-out predictions of the observations are likelier (``KernelSelection``). The
-learned distances alone won on the development tables and lost on some held-out ones
-(``benchmarks/tabular_strategies.md``); the choice lets each table decide. The
-hyperparameters maximise the marginal likelihood (plus that log prior) and are refitted
-whenever the data has grown by a quarter, so a run costs a few dozen fits; in between
-the posterior is recomputed with the last ones. The accuracies the models fit are
-clamped at their lower fence (``lower_fence``).
+an exponentiated Hamming distance with one weight per decision (categorical choices have
+no order; a decision that barely matters gets a small weight) times a squared
+exponential in standardised log FLOPs (accuracy follows capacity). The hyperparameters
+maximise the marginal likelihood and are refitted whenever the data has grown by a
+quarter, so a run costs a few dozen fits; in between the posterior is recomputed with
+the last ones. The accuracies it fits are clamped at their lower fence (``lower_fence``).
 
 Acquisition: at FLOPs f, an accuracy a adds to a 2-D staircase front the area
 sum_k len_k max(0, a - level_k) over the front's segments right of f. Under the normal
@@ -61,36 +51,17 @@ FIRST_FIT_STEPS, REFIT_STEPS = 150, 40
 # well conditioned and the fit away from degenerate optima.
 LOG_BOUNDS = {"theta": (math.log(1e-3), math.log(20.0)), "lengthscale": (math.log(0.05), math.log(20.0)),
               "signal": (math.log(0.05), math.log(20.0)), "noise": (math.log(1e-4), math.log(1.0))}
-# Prior sd of each choice-embedding entry around I / sqrt(2). Wider (0.5, 1.0) overfits
-# the 36 queries of examples/own_table.py (0.979, 0.968 against 0.985 without embeddings).
-EMBEDDING_PRIOR_SD = 0.25
 
 
 class GaussianProcess:
-    """Exact GP regression on (architecture, log FLOPs) with the kernel above, float64.
-    ``embedding_prior_sd`` 0 pins the embeddings: the Hamming kernel."""
+    """Exact GP regression on (architecture, log FLOPs) with the kernel above, float64."""
 
-    def __init__(self, decisions: Sequence[int], embedding_prior_sd: float = EMBEDDING_PRIOR_SD):
-        if embedding_prior_sd < 0:
-            raise ValueError(f"embedding_prior_sd must be >= 0 (0 keeps the Hamming kernel), got {embedding_prior_sd}")
-        self.embedding_prior_sd = embedding_prior_sd
+    def __init__(self, decisions: Sequence[int]):
         self.decisions = tuple(decisions)
         self.offsets = torch.tensor([0, *itertools.accumulate(self.decisions)][:-1])
         d = len(self.decisions)
-        # One embedding per distinct choice count, with the decisions (and their one-hot
-        # columns) that use it.
-        self.choice_counts = sorted(set(self.decisions))
-        self.members = {k: [i for i, n in enumerate(self.decisions) if n == k] for k in self.choice_counts}
-        self.columns = {k: torch.tensor([int(self.offsets[i]) + c for i in self.members[k] for c in range(k)])
-                        for k in self.choice_counts}
-        self.embedding_prior = torch.cat([self._identity(k).flatten() for k in self.choice_counts])
-        self.raw = torch.cat([torch.tensor([math.log(1.0 / d)] * d + [0.0, 0.0, math.log(0.1)], dtype=torch.float64),
-                              self.embedding_prior])
+        self.raw = torch.tensor([math.log(1.0 / d)] * d + [0.0, 0.0, math.log(0.1)], dtype=torch.float64)
         self.fitted_size = 0
-
-    @staticmethod
-    def _identity(k: int) -> torch.Tensor:
-        return torch.eye(k, dtype=torch.float64) / math.sqrt(2)  # rows a unit apart
 
     def one_hot(self, archs: Sequence[Architecture]) -> torch.Tensor:
         index = torch.tensor(archs, dtype=torch.long) + self.offsets
@@ -98,50 +69,26 @@ class GaussianProcess:
         return out.scatter_(1, index, 1.0)
 
     def _parts(self) -> dict:
-        """Slices of ``raw``: the log hyperparameters, then the embeddings."""
         d = len(self.decisions)
         return {"theta": slice(0, d), "lengthscale": slice(d, d + 1), "signal": slice(d + 1, d + 2),
-                "noise": slice(d + 2, d + 3), "embeddings": slice(d + 3, None)}
+                "noise": slice(d + 2, d + 3)}
 
     def _unpack(self, raw: torch.Tensor) -> dict:
-        parts = self._parts()
-        values = {key: raw[parts[key]].exp() for key in LOG_BOUNDS}
-        flat, start, values["embeddings"] = raw[parts["embeddings"]], 0, {}
-        for k in self.choice_counts:
-            values["embeddings"][k] = flat[start:start + k * k].view(k, k)
-            start += k * k
+        values = {key: raw[part].exp() for key, part in self._parts().items()}
+        counts = torch.tensor(self.decisions)
+        values["weights"] = torch.repeat_interleave(values["theta"], counts)
         return values
-
-    def _features(self, p: dict, hot: torch.Tensor) -> torch.Tensor:
-        """Each decision's choice embedded and scaled by sqrt(theta_i): the squared
-        distance of two rows is sum_i theta_i |E_i[x_i] - E_i[y_i]|^2."""
-        parts = []
-        for k in self.choice_counts:
-            members = self.members[k]
-            chosen = hot[:, self.columns[k]].view(len(hot), len(members), k)
-            parts.append((chosen @ p["embeddings"][k] * p["theta"][members].sqrt()[None, :, None]).flatten(1))
-        return torch.cat(parts, 1)
 
     def _kernel(self, raw, a_hot, a_z, b_hot, b_z) -> torch.Tensor:
         p = self._unpack(raw)
-        a, b = self._features(p, a_hot), self._features(p, b_hot)
-        distance = ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
+        # sum_i theta_i [x_i != y_i] = sum_i theta_i - sum_i theta_i [x_i == y_i]
+        distance = p["theta"].sum() - (a_hot * p["weights"]) @ b_hot.T
         distance = distance + (a_z[:, None] - b_z[None, :]) ** 2 / (2 * p["lengthscale"] ** 2)
         return p["signal"] ** 2 * torch.exp(-distance)
 
-    def choice_distances(self, k: int) -> torch.Tensor:
-        """The learned squared distances between the choices of the decisions with ``k``
-        choices (1 between any two before the data moves them)."""
-        with torch.no_grad():
-            embedding = self._unpack(self.raw)["embeddings"][k]
-            return torch.cdist(embedding, embedding) ** 2
-
     def _clamp(self) -> None:
-        parts = self._parts()
-        for key, bounds in LOG_BOUNDS.items():
-            self.raw[parts[key]] = self.raw[parts[key]].clamp(*bounds)
-        if self.embedding_prior_sd == 0:
-            self.raw[parts["embeddings"]] = self.embedding_prior
+        for key, part in self._parts().items():
+            self.raw[part] = self.raw[part].clamp(*LOG_BOUNDS[key])
 
     def fit(self, archs: Sequence[Architecture], z: torch.Tensor, y: torch.Tensor) -> None:
         """Posterior on the observations; hyperparameters refitted when the data grew."""
@@ -173,9 +120,6 @@ class GaussianProcess:
             factor = self._cholesky(raw)
             solved = torch.cholesky_solve(target[:, None], factor)[:, 0]
             negative_log_likelihood = 0.5 * target @ solved + factor.diagonal().log().sum()
-            if self.embedding_prior_sd > 0:
-                drift = raw[self._parts()["embeddings"]] - self.embedding_prior
-                negative_log_likelihood = negative_log_likelihood + (drift ** 2).sum() / (2 * self.embedding_prior_sd ** 2)
             optimizer.zero_grad()
             negative_log_likelihood.backward()
             optimizer.step()
@@ -205,52 +149,6 @@ class GaussianProcess:
     @property
     def noise_variance(self) -> float:
         return float(self._unpack(self.raw)["noise"]) ** 2 * self.y_scale ** 2
-
-    def leave_one_out_log_density(self) -> float:
-        """Sum over the fitted observations of the log density the posterior without
-        each gives it (closed form from the inverse kernel matrix, standardised units)."""
-        with torch.no_grad():
-            inverse = torch.cholesky_inverse(self.cholesky)
-            precision = inverse.diagonal()
-            residual = self.alpha / precision
-            return float((0.5 * precision.log() - 0.5 * residual ** 2 * precision).sum() - 0.5 * len(precision) * math.log(2 * math.pi))
-
-
-class KernelSelection:
-    """The Hamming GP and the learned-distance GP; each ``fit`` keeps the one whose
-    leave-one-out log density of the observations is higher, and predictions come
-    from it. Both are refitted, so either can take over as the data grows."""
-
-    def __init__(self, decisions: Sequence[int]):
-        self.models = (GaussianProcess(decisions, embedding_prior_sd=0.0), GaussianProcess(decisions))
-        self.active = self.models[0]
-
-    def fit(self, archs: Sequence[Architecture], z: torch.Tensor, y: torch.Tensor) -> None:
-        for model in self.models:
-            model.fit(archs, z, y)
-        self.active = max(self.models, key=GaussianProcess.leave_one_out_log_density)
-
-    def predict(self, archs: Sequence[Architecture], z: torch.Tensor):
-        return self.active.predict(archs, z)
-
-    def covariance(self, cross, index: int) -> torch.Tensor:
-        return self.active.covariance(cross, index)
-
-    @property
-    def noise_variance(self) -> float:
-        return self.active.noise_variance
-
-    def state_dict(self) -> list[dict]:
-        return [{"hyperparameters": m.raw.tolist(), "fitted_size": m.fitted_size} for m in self.models]
-
-    def load_state_dict(self, state: list[dict]) -> None:
-        if len(state) != len(self.models) or any(len(s["hyperparameters"]) != len(m.raw)
-                                                 for s, m in zip(state, self.models)):
-            raise ValueError("the checkpoint's mobo models do not match this space's (saved by another fastnas "
-                             "version or for another space); restart the search")
-        for s, model in zip(state, self.models):
-            model.raw = torch.tensor(s["hyperparameters"], dtype=torch.float64)
-            model.fitted_size = int(s["fitted_size"])
 
 
 def expected_hypervolume_improvement(flops: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor,
@@ -304,7 +202,7 @@ class BayesianParetoSearch:
         self.pool_size = pool_size
         self.max_observations = max_observations
         self.generator = torch.Generator().manual_seed(seed)
-        self.model = KernelSelection(self.decisions)
+        self.model = GaussianProcess(self.decisions)
         self.observations: list[tuple[Architecture, float, float]] = []  # (arch, accuracy, flops)
         self.seen: set[Architecture] = set()
         self.baseline = None  # the REINFORCE policy's field; records read it
@@ -430,14 +328,15 @@ class BayesianParetoSearch:
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "seen": sorted(self.seen),
                 "observations": [(list(a), acc, f) for a, acc, f in self.observations],
-                "models": self.model.state_dict(),
+                "hyperparameters": self.model.raw.tolist(), "fitted_size": self.model.fitted_size,
                 "ref_flops": self.ref_flops}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.seen = {tuple(a) for a in state["seen"]}
         self.observations = [(tuple(a), float(acc), float(f)) for a, acc, f in state["observations"]]
-        self.model.load_state_dict(state["models"])
+        self.model.raw = torch.tensor(state["hyperparameters"], dtype=torch.float64)
+        self.model.fitted_size = int(state["fitted_size"])
         self.ref_flops = float(state["ref_flops"])
 
 
