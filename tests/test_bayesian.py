@@ -149,8 +149,7 @@ def test_mobo_picks_the_first_share_of_a_batch_next_to_the_front():
                                       local_share=local_share, seed=0)
         policy.update(first, [0] * 10, objectives)
         front = [policy.observations[i][0] for i in policy._front_indices()]
-        next_to_front = [any(sum(x != y for x, y in zip(a, m)) == 1 for m in front) for a in policy.sample(10).archs]
-        return next_to_front
+        return [any(sum(x != y for x, y in zip(a, m)) == 1 for m in front) for a in policy.sample(10).archs]
 
     assert all(second_batch(0.7)[:7])
     assert not all(second_batch(0.0)[:7])  # plain EHVI goes elsewhere too
