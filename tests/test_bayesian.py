@@ -82,38 +82,22 @@ def test_ehvi_of_a_certain_point_is_the_area_it_adds():
     assert gain.tolist() == pytest.approx([0.4 * 1 + 0.1 * 2, 0.0, 0.1 * 0.5, 0.0])
 
 
-def t2_quantiles(count: int) -> torch.Tensor:
-    """Evenly spaced quantiles of a Student-t with 2 degrees of freedom (its inverse CDF
-    is (2p - 1) / sqrt(2 p (1 - p)))."""
-    p = (torch.arange(count, dtype=torch.float64) + 0.5) / count
-    return (2 * p - 1) / (2 * p * (1 - p)).sqrt()
-
-
-def test_ehvi_is_the_expected_hypervolume_gain_under_the_heavy_tailed_posterior():
+def test_ehvi_matches_monte_carlo_of_the_hypervolume_gain():
     front = [(1.0, 0.5), (2.5, 0.7), (3.0, 0.8)]
     ref_flops, ref_accuracy = 5.0, 0.2
     base = hypervolume([f for f, _ in front], [a for _, a in front], ref_flops, ref_accuracy)
-    quantiles = t2_quantiles(20000)
+    g = torch.Generator().manual_seed(0)
     for f, mu, sd in ((2.0, 0.6, 0.15), (0.5, 0.4, 0.3), (4.0, 0.85, 0.05)):
+        draws = mu + sd * torch.randn(40000, generator=g, dtype=torch.float64)
         gains = [hypervolume([f for f, _ in front] + [f], [a for _, a in front] + [float(a)], ref_flops,
-                             ref_accuracy) - base for a in mu + sd * quantiles]
+                             ref_accuracy) - base for a in draws[:4000]]
         closed = float(expected_hypervolume_improvement(torch.tensor([f], dtype=torch.float64),
                                                         torch.tensor([mu], dtype=torch.float64),
                                                         torch.tensor([sd], dtype=torch.float64),
                                                         front, ref_flops, ref_accuracy))
-        assert closed == pytest.approx(sum(gains) / len(gains), rel=0.02)
+        monte_carlo = sum(gains) / len(gains)
+        assert closed == pytest.approx(monte_carlo, rel=0.05, abs=1e-4)
         assert closed > 0
-
-
-def test_ehvi_keeps_a_chance_for_points_several_sds_below_the_front():
-    """A normal posterior would rank a point 3 sds below the front's level ~200x below
-    one 1 sd below it; the t(2) tail keeps it within a factor of 3."""
-    front = [(1.0, 0.8)]
-    flops = torch.tensor([1.0, 1.0], dtype=torch.float64)
-    gain = expected_hypervolume_improvement(flops, torch.tensor([0.77, 0.79], dtype=torch.float64),
-                                            torch.full((2,), 0.01, dtype=torch.float64), front,
-                                            ref_flops=2.0, ref_accuracy=0.5)
-    assert 1 / 3 < float(gain[0] / gain[1]) < 1
 
 
 # ---- the model -------------------------------------------------------------------------
