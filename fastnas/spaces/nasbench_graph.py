@@ -2,10 +2,12 @@
 graph neural networks, for judging search strategies on a space they were not tuned on.
 
 The benchmark's macro space is a DAG of 4 computing nodes, each taking one earlier node
-and applying one of 9 ops. Its chain structure (node i feeds node i+1) without the skip
-op is a plain product space, 4 layers x 8 ops = 4,096 architectures, every one of which
-the table holds (the other structures are stored once per isomorphism class, so they
-are not a product of choices). The cost objective is the parameter count (the benchmark
+(its structure: node i's input, 0 being the graph's) and applying one of 9 ops. Without
+the skip op, three structures are plain product spaces of 4 layers x 8 ops = 4,096
+architectures, every one of which the table holds: the chain (node i feeds node i + 1,
+the default) and two branched ones, 0-0-1-3 and 0-1-1-2, in which no two nodes are
+interchangeable. The other structures are stored once per isomorphism class, so they
+are not a product of choices. The cost objective is the parameter count (the benchmark
 gives no FLOPs) or the measured latency.
 
 The table comes from the ``nas-bench-graph`` package on PyPI (``pip install
@@ -16,21 +18,28 @@ integer: the structure's index, then one base-10 digit per node's op.
 import importlib.util
 import itertools
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastnas.spaces.tabular import TableSpace, TabularBenchmark
 
 OPS = ("gat", "gcn", "gin", "cheb", "sage", "arma", "graph", "fc")  # the benchmark's op order, skip left out
 LAYERS = 4
-CHAIN_STRUCTURE = 8  # index of [0, 1, 2, 3] (node i reads node i - 1) among the benchmark's structures
+CHAIN = (0, 1, 2, 3)
+# The structures whose ops form a product space, with their index among the benchmark's.
+PRODUCT_STRUCTURES = {CHAIN: 8, (0, 0, 1, 3): 4, (0, 1, 1, 2): 6}
 KEY_BASE = 10  # 9 ops + 1
 DATASETS = ("cora", "citeseer", "pubmed", "cs", "physics", "photo", "computers", "arxiv")
 COSTS = {"params": "para", "latency": "latency"}
 
 
-def chain_key(arch: tuple[int, ...]) -> int:
-    """The benchmark's key of the chain architecture with these op indices."""
-    key = CHAIN_STRUCTURE
+def structure_name(structure: tuple[int, ...]) -> str:
+    return "-".join(map(str, structure))
+
+
+def table_key(arch: tuple[int, ...], structure: tuple[int, ...] = CHAIN) -> int:
+    """The benchmark's key of the architecture with these op indices on ``structure``."""
+    key = PRODUCT_STRUCTURES[structure]
     for op in arch:
         key = key * KEY_BASE + op
     return key
@@ -45,27 +54,34 @@ def bench_file(dataset: str) -> Path:
     return Path(spec.origin).parent / "light" / f"{dataset}.bench"
 
 
-def nasbench_graph_benchmark(dataset: str = "cora", cost: str = "latency",
-                             path: str | Path | None = None) -> TabularBenchmark:
-    """Test accuracy (%) of the 4,096 chain architectures on ``dataset``, with the
+def nasbench_graph_benchmark(dataset: str = "cora", cost: str = "latency", path: str | Path | None = None,
+                             structure: Sequence[int] | str = CHAIN) -> TabularBenchmark:
+    """Test accuracy (%) of the 4,096 architectures of ``structure`` (the chain by
+    default; 0-0-1-3 or 0-1-1-2, as a tuple or a string) on ``dataset``, with the
     parameter count (millions) or latency (seconds) as the cost the strategies minimise.
     ``path``: a ``<dataset>.bench`` file, else the installed package's."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown NAS-Bench-Graph dataset {dataset!r}; choose one of {DATASETS}")
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
+    text = structure if isinstance(structure, str) else structure_name(structure)
+    if text not in {structure_name(s): s for s in PRODUCT_STRUCTURES}:
+        raise ValueError(f"structure {text!r} is not a product space of the benchmark (each node's input, "
+                         f"0 the graph's); choose one of {[structure_name(s) for s in PRODUCT_STRUCTURES]}")
+    structure = tuple(int(i) for i in text.split("-"))
     path = Path(path) if path is not None else bench_file(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"NAS-Bench-Graph table {path} does not exist")
     with path.open("rb") as f:
         table = pickle.load(f)  # the benchmark's own format; read only files from its package
     archs = list(itertools.product(range(len(OPS)), repeat=LAYERS))
-    missing = [a for a in archs if chain_key(a) not in table]
+    missing = [a for a in archs if table_key(a, structure) not in table]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} chain architectures (e.g. ops "
-                         f"{[OPS[o] for o in missing[0]]}); is it a NAS-Bench-Graph .bench file?")
-    name = f"NAS-Bench-Graph {dataset}"
-    costs = {a: float(table[chain_key(a)][COSTS[cost]]) for a in archs}
+        raise ValueError(f"{path} lacks {len(missing)} architectures of structure {structure_name(structure)} "
+                         f"(e.g. ops {[OPS[o] for o in missing[0]]}); is it a NAS-Bench-Graph .bench file?")
+    name = f"NAS-Bench-Graph {dataset}" + ("" if structure == CHAIN else f" {structure_name(structure)}")
+    entries = {a: table[table_key(a, structure)] for a in archs}
+    costs = {a: float(entry[COSTS[cost]]) for a, entry in entries.items()}
     space = TableSpace([len(OPS)] * LAYERS, costs, name=name)
-    return TabularBenchmark.from_records(space, {a: 100 * float(table[chain_key(a)]["perf"]) for a in archs},
+    return TabularBenchmark.from_records(space, {a: 100 * float(entry["perf"]) for a, entry in entries.items()},
                                          flops=costs, name=name)
