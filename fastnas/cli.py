@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                         "citeseer, pubmed, cs, physics, photo, computers, arxiv")
     b.add_argument("--cost", choices=("latency", "params"), default="latency",
                    help="--space nasbench_graph: the cost the strategies minimise")
+    b.add_argument("--graph-structure", default="0-1-2-3",
+                   help="--space nasbench_graph: each node's input (0 the graph's), one of the product "
+                        "structures 0-1-2-3 (the chain, default), 0-0-1-3, 0-1-1-2")
     b.add_argument("--arch-column", default="arch", help="--space table: column of the architectures (0-2-1)")
     b.add_argument("--accuracy-column", default="accuracy", help="--space table: column of the accuracies (%%)")
     b.add_argument("--flops-column", default="flops", help="--space table: column of the FLOPs")
@@ -388,7 +391,8 @@ def _search_tabular(args) -> int:
     if args.space == "nasbench201":
         benchmark = nasbench201_benchmark(args.benchmark, args.benchmark_dataset or "cifar10")
     elif args.space == "nasbench_graph":
-        benchmark = nasbench_graph_benchmark(args.benchmark_dataset or "cora", args.cost, args.benchmark)
+        benchmark = nasbench_graph_benchmark(args.benchmark_dataset or "cora", args.cost, args.benchmark,
+                                             args.graph_structure)
     else:
         benchmark = TabularBenchmark.from_file(args.benchmark, args.arch_column, args.accuracy_column,
                                                args.flops_column)

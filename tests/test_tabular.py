@@ -1,6 +1,8 @@
 """Population strategies, the paired test, and tables brought by the user."""
 
+import importlib.util
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +18,14 @@ from fastnas.search.significance import wilcoxon_signed_rank
 from fastnas.search.tabular import (compare_strategies, default_sms_target, ratio_without_the_best, tabular_search,
                                     true_front_reference)
 from fastnas.spaces.nasbench201 import nasbench201_benchmark
+from fastnas.spaces.nasbench_graph import OPS as GRAPH_OPS, bench_file, nasbench_graph_benchmark
 from fastnas.spaces.tabular import TableSpace, TabularBenchmark, parse_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 NATS_CSV = ROOT.parent / "shared" / "data" / "nasbench201" / "nats_bench.csv"
 needs_nats = pytest.mark.skipif(not NATS_CSV.exists(), reason="shared NAS-Bench-201 table not present")
+needs_graph = pytest.mark.skipif(importlib.util.find_spec("nas_bench_graph") is None,
+                                 reason="nas-bench-graph is not installed")
 
 
 def synthetic_table(layers: int = 5, choices: int = 3) -> TabularBenchmark:
@@ -259,3 +264,21 @@ def test_nsga2_recovers_95_percent_of_a_held_out_front_at_5_percent_of_the_space
     nsga2, random = compare_strategies(bench, ("nsga2", "random"), budget=781, seeds=range(10, 15))
     assert nsga2.mean >= 0.95
     assert nsga2.against(random).wins == 5 and nsga2.mean > random.mean + 0.03
+
+
+@needs_graph
+def test_nasbench_graph_tables_of_the_three_product_structures():
+    """Key: the structure's index among the benchmark's nine, then one digit per op."""
+    with bench_file("pubmed").open("rb") as f:
+        raw = pickle.load(f)
+    arch = (GRAPH_OPS.index("fc"), GRAPH_OPS.index("cheb"), GRAPH_OPS.index("gin"), GRAPH_OPS.index("arma"))
+    for structure, index in (("0-1-2-3", 8), ("0-0-1-3", 4), ((0, 1, 1, 2), 6)):
+        table = nasbench_graph_benchmark("pubmed", "params", structure=structure)
+        entry = raw[index * 10 ** 4 + arch[0] * 1000 + arch[1] * 100 + arch[2] * 10 + arch[3]]
+        assert len(table) == 4096 and table.complete
+        assert table.query(arch) == pytest.approx(100 * entry["perf"])
+        assert table.flops(arch) == pytest.approx(entry["para"])
+    assert nasbench_graph_benchmark("pubmed").name == "NAS-Bench-Graph pubmed"
+    assert nasbench_graph_benchmark("pubmed", structure="0-0-1-3").name == "NAS-Bench-Graph pubmed 0-0-1-3"
+    with pytest.raises(ValueError, match="not a product space.*0-0-1-3"):
+        nasbench_graph_benchmark("pubmed", structure="0-0-1-1")  # nodes 3 and 4 are interchangeable
