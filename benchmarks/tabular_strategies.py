@@ -22,13 +22,17 @@ writes benchmarks/results/tabular-<date>-<commit>.json.
 
 The last column says how much of a table's score hangs on a few architectures: the
 ratio of the true front of the table without its 3 most accurate architectures. A
-strategy scores above it only by finding one of those 3.
+strategy scores above it only by finding one of those 3. A second table follows each
+table's best strategy through the budget, whole percent by whole percent, from each run's
+own prefix of queries (for mobo and random search that is the shorter run), with the first
+share at which its mean reaches 0.95.
 """
 
 import argparse
 import datetime
 import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -38,8 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from fastnas.search.policies import STRATEGIES  # noqa: E402
-from fastnas.search.tabular import (TOP_ARCHITECTURES, StrategyComparison, ratio_without_the_best,  # noqa: E402
-                                    tabular_search)
+from fastnas.search.tabular import (TOP_ARCHITECTURES, StrategyComparison, anytime_hypervolume_ratios,  # noqa: E402
+                                    ratio_without_the_best, tabular_search)
 from fastnas.spaces.nasbench201 import OPS, nasbench201_benchmark  # noqa: E402
 from fastnas.spaces.nasbench_graph import (CHAIN, DATASETS as GRAPH_DATASETS, PRODUCT_STRUCTURES,  # noqa: E402
                                           bench_file, nasbench_graph_benchmark, structure_name)
@@ -86,6 +90,33 @@ def _one_thread():
 def _run(job):
     csv_path, table, strategy, seed, budget = job
     return table, strategy, seed, tabular_search(load_table(csv_path, table), strategy, budget=budget, seed=seed)
+
+
+def anytime_table(runs, tables, strategies, seeds, sizes, share, csv_path):
+    """(Markdown lines, {table: {strategy: {share: mean ratio}}}): each run's ratio after
+    every whole percent of its table, from the run's own prefix of queries (for mobo and
+    random a shorter run; see anytime_hypervolume_ratios). The lines show each table's
+    best strategy at the full budget and the first share at which its mean reaches 0.95."""
+    shares = [k / 100 for k in range(1, int(100 * share + 1e-9) + 1)]
+    shares += [share] if not shares or shares[-1] < share - 1e-9 else []
+    header = "| table: best strategy | " + " | ".join(f"{round(100 * x)} %" for x in shares) + " | first share at 0.95 |"
+    lines = [header, "|" + " --- |" * (len(shares) + 2)]
+    curves = {}
+    for table in tables:
+        benchmark = load_table(csv_path, table)
+        points = [max(1, round(x * sizes[table])) for x in shares]
+        curves[table] = {}
+        for strategy in strategies:
+            per_seed = [anytime_hypervolume_ratios(runs[table, strategy, k], benchmark,
+                                                   [min(q, runs[table, strategy, k].queries) for q in points])
+                        for k in seeds]
+            curves[table][strategy] = {f"{x:g}": statistics.fmean(c[i] for c in per_seed) for i, x in enumerate(shares)}
+        best = max(strategies, key=lambda st: list(curves[table][st].values())[-1])
+        means = list(curves[table][best].values())
+        first = next((f"{round(100 * x)} %" for x, m in zip(shares, means) if m >= 0.95), "not reached")
+        label = f"{table}{' (development)' if table in DEVELOPMENT_TABLES else ''}"
+        lines.append(f"| {label}: {best} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {first} |")
+    return lines, curves
 
 
 def _commit() -> str:
@@ -155,6 +186,12 @@ def main(argv=None) -> int:
                                             **({} if s == "random" else vars(c.against(comparisons["random"])))}
                                         for s, c in comparisons.items()}}
     print("\n".join(lines))
+    anytime_lines = anytime_table(runs, tables, strategies, seeds, sizes, args.share, args.csv)
+    for table, curves in anytime_lines[1].items():
+        for strategy, curve in curves.items():
+            report[table]["strategies"][strategy]["anytime"] = curve
+    print("\n" + "\n".join(anytime_lines[0]))
+    lines += ["", *anytime_lines[0]]
     date = datetime.datetime.now(datetime.timezone.utc)
     out = HERE / "results" / f"tabular-{date:%Y%m%d-%H%M}-{_commit()}.json"
     out.write_text(json.dumps({"date": date.isoformat(timespec="seconds"), "commit": _commit(), "seeds": list(seeds),

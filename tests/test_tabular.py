@@ -15,8 +15,8 @@ from fastnas.search.evolution import AgingEvolution, Nsga2
 from fastnas.search.pareto import crowding_distances, nondominated_ranks
 from fastnas.search.policies import population_options
 from fastnas.search.significance import wilcoxon_signed_rank
-from fastnas.search.tabular import (compare_strategies, default_sms_target, ratio_without_the_best, tabular_search,
-                                    true_front_reference)
+from fastnas.search.tabular import (anytime_hypervolume_ratios, compare_strategies, default_sms_target,
+                                    ratio_without_the_best, tabular_search, true_front_reference)
 from fastnas.spaces.nasbench201 import nasbench201_benchmark
 from fastnas.spaces.nasbench_graph import OPS as GRAPH_OPS, bench_file, nasbench_graph_benchmark
 from fastnas.spaces.tabular import TableSpace, TabularBenchmark, parse_architecture
@@ -160,6 +160,18 @@ def test_the_share_of_a_score_that_hangs_on_the_best_architectures():
     assert ratio_without_the_best(table, 2) == 0.0
     with pytest.raises(ValueError, match="count must be >= 0"):
         ratio_without_the_best(table, -1)
+
+
+@pytest.mark.parametrize("strategy", ["mobo", "random"])
+def test_anytime_ratios_of_a_run_are_the_shorter_runs_for_budget_free_strategies(strategy):
+    table = synthetic_table()
+    long = tabular_search(table, strategy, budget=60, seed=3)
+    curve = anytime_hypervolume_ratios(long, table, [15, 35, 60])
+    shorter = [tabular_search(table, strategy, budget=b, seed=3).hypervolume_ratio for b in (15, 35)]
+    assert curve == pytest.approx(shorter + [long.hypervolume_ratio])
+    assert curve[0] < curve[2]  # the front grows: the prefixes are not all one value
+    with pytest.raises(ValueError, match="1..60"):
+        anytime_hypervolume_ratios(long, table, [61])
 
 
 @pytest.mark.parametrize("content, arguments, message", [

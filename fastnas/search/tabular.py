@@ -84,6 +84,20 @@ def ratio_without_the_best(benchmark: TabularBenchmark, count: int) -> float:
                        ref_flops, ref_accuracy) / true_hv
 
 
+def anytime_hypervolume_ratios(result: "TabularResult", benchmark: TabularBenchmark,
+                               queries: Sequence[int]) -> list[float]:
+    """The hypervolume ratio of the front found by each prefix of the run's queries, one
+    per entry of ``queries`` (each at most ``result.queries``). mobo and random search
+    do not depend on the budget, so for them a prefix of q queries is the run with budget
+    q; the controller and population strategies size their schedule to the budget."""
+    if any(q < 1 or q > result.queries for q in queries):
+        raise ValueError(f"queries must lie in 1..{result.queries} (the run's queries), got {list(queries)}")
+    true_hv, ref_flops, ref_accuracy = true_front_reference(benchmark)
+    points = list(result.queried.values())  # in the order they were queried
+    return [hypervolume([f for f, _ in points[:q]], [a for _, a in points[:q]], ref_flops, ref_accuracy) / true_hv
+            for q in queries]
+
+
 def default_sms_target(benchmark: TabularBenchmark) -> float:
     """The table's median FLOPs: SMS then looks for the most accurate architecture in the
     cheaper half of the space. (The largest FLOPs would penalise nothing, and SMS would
@@ -221,6 +235,6 @@ def comparison_table(comparisons: Sequence[StrategyComparison], baseline: str = 
     return "\n".join(lines)
 
 
-__all__ = ["PairedTest", "StrategyComparison", "TabularResult", "compare_strategies", "comparison_table",
-           "default_sms_target", "default_tabular_schedule", "pareto_front", "ratio_without_the_best", "tabular_search",
-           "true_front_reference"]
+__all__ = ["PairedTest", "StrategyComparison", "TabularResult", "anytime_hypervolume_ratios", "compare_strategies",
+           "comparison_table", "default_sms_target", "default_tabular_schedule", "pareto_front",
+           "ratio_without_the_best", "tabular_search", "true_front_reference"]
