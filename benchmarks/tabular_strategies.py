@@ -88,35 +88,32 @@ def _one_thread():
 
 
 def _run(job):
-    csv_path, table, strategy, seed, budget = job
-    return table, strategy, seed, tabular_search(load_table(csv_path, table), strategy, budget=budget, seed=seed)
+    """One run, with its ratio after each of ``shares`` of the table (its anytime curve)."""
+    csv_path, table, strategy, seed, budget, shares = job
+    benchmark = load_table(csv_path, table)
+    result = tabular_search(benchmark, strategy, budget=budget, seed=seed)
+    queries = [min(result.queries, max(1, round(x * len(benchmark)))) for x in shares]
+    return table, strategy, seed, result, anytime_hypervolume_ratios(result, benchmark, queries)
 
 
-def anytime_table(runs, tables, strategies, seeds, sizes, share, csv_path):
-    """(Markdown lines, {table: {strategy: {share: mean ratio}}}): each run's ratio after
-    every whole percent of its table, from the run's own prefix of queries (for mobo and
-    random a shorter run; see anytime_hypervolume_ratios). The lines show each table's
-    best strategy at the full budget and the first share at which its mean reaches 0.95."""
+def whole_percents(share: float) -> list[float]:
+    """1 %, 2 %, ... up to ``share``, and ``share`` itself when it is not a whole percent."""
     shares = [k / 100 for k in range(1, int(100 * share + 1e-9) + 1)]
-    shares += [share] if not shares or shares[-1] < share - 1e-9 else []
+    return shares + ([share] if not shares or shares[-1] < share - 1e-9 else [])
+
+
+def anytime_lines(curves, tables, strategies, shares) -> list[str]:
+    """Markdown: each table's best strategy at the full budget, its mean ratio at each
+    share, and the first share at which that mean reaches 0.95."""
     header = "| table: best strategy | " + " | ".join(f"{round(100 * x)} %" for x in shares) + " | first share at 0.95 |"
     lines = [header, "|" + " --- |" * (len(shares) + 2)]
-    curves = {}
     for table in tables:
-        benchmark = load_table(csv_path, table)
-        points = [max(1, round(x * sizes[table])) for x in shares]
-        curves[table] = {}
-        for strategy in strategies:
-            per_seed = [anytime_hypervolume_ratios(runs[table, strategy, k], benchmark,
-                                                   [min(q, runs[table, strategy, k].queries) for q in points])
-                        for k in seeds]
-            curves[table][strategy] = {f"{x:g}": statistics.fmean(c[i] for c in per_seed) for i, x in enumerate(shares)}
-        best = max(strategies, key=lambda st: list(curves[table][st].values())[-1])
-        means = list(curves[table][best].values())
+        best = max(strategies, key=lambda st: curves[table][st][-1])
+        means = curves[table][best]
         first = next((f"{round(100 * x)} %" for x, m in zip(shares, means) if m >= 0.95), "not reached")
         label = f"{table}{' (development)' if table in DEVELOPMENT_TABLES else ''}"
         lines.append(f"| {label}: {best} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {first} |")
-    return lines, curves
+    return lines
 
 
 def _commit() -> str:
@@ -153,13 +150,14 @@ def main(argv=None) -> int:
     ceilings = {table: ratio_without_the_best(benchmark, TOP_ARCHITECTURES) for table, benchmark in loaded.items()}
     del loaded  # the workers load their own
     budgets = {table: max(1, round(args.share * size)) for table, size in sizes.items()}
-    jobs = [(args.csv, t, s, k, budgets[t]) for t in tables for s in strategies for k in seeds]
-    runs = {}
+    shares = whole_percents(args.share)
+    jobs = [(args.csv, t, s, k, budgets[t], shares) for t in tables for s in strategies for k in seeds]
+    runs, anytime = {}, {}
     # spawn, not fork: the parent's torch thread pool does not survive a fork.
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread) as pool:
-        for done, (table, strategy, seed, result) in enumerate(pool.map(_run, jobs, chunksize=4), start=1):
-            runs[table, strategy, seed] = result
+        for done, (table, strategy, seed, result, curve) in enumerate(pool.map(_run, jobs, chunksize=4), start=1):
+            runs[table, strategy, seed], anytime[table, strategy, seed] = result, curve
             print(f"\r{done}/{len(jobs)} runs", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     header = "| table (queries) | " + " | ".join(strategies) + f" | without its {TOP_ARCHITECTURES} best |"
@@ -186,12 +184,15 @@ def main(argv=None) -> int:
                                             **({} if s == "random" else vars(c.against(comparisons["random"])))}
                                         for s, c in comparisons.items()}}
     print("\n".join(lines))
-    anytime_lines = anytime_table(runs, tables, strategies, seeds, sizes, args.share, args.csv)
-    for table, curves in anytime_lines[1].items():
-        for strategy, curve in curves.items():
-            report[table]["strategies"][strategy]["anytime"] = curve
-    print("\n" + "\n".join(anytime_lines[0]))
-    lines += ["", *anytime_lines[0]]
+    curves = {t: {s: [statistics.fmean(anytime[t, s, k][i] for k in seeds) for i in range(len(shares))]
+                  for s in strategies} for t in tables}
+    for table in tables:
+        for strategy in strategies:
+            report[table]["strategies"][strategy]["anytime"] = dict(zip((f"{x:g}" for x in shares),
+                                                                        curves[table][strategy]))
+    budget_lines = anytime_lines(curves, tables, strategies, shares)
+    print("\n" + "\n".join(budget_lines))
+    lines += ["", *budget_lines]
     date = datetime.datetime.now(datetime.timezone.utc)
     out = HERE / "results" / f"tabular-{date:%Y%m%d-%H%M}-{_commit()}.json"
     out.write_text(json.dumps({"date": date.isoformat(timespec="seconds"), "commit": _commit(), "seeds": list(seeds),

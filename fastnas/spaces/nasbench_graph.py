@@ -65,10 +65,11 @@ def nasbench_graph_benchmark(dataset: str = "cora", cost: str = "latency", path:
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
     text = structure if isinstance(structure, str) else structure_name(structure)
-    if text not in {structure_name(s): s for s in PRODUCT_STRUCTURES}:
+    by_name = {structure_name(s): s for s in PRODUCT_STRUCTURES}
+    if text not in by_name:
         raise ValueError(f"structure {text!r} is not a product space of the benchmark (each node's input, "
-                         f"0 the graph's); choose one of {[structure_name(s) for s in PRODUCT_STRUCTURES]}")
-    structure = tuple(int(i) for i in text.split("-"))
+                         f"0 the graph's); choose one of {list(by_name)}")
+    structure = by_name[text]
     path = Path(path) if path is not None else bench_file(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"NAS-Bench-Graph table {path} does not exist")
